@@ -1,0 +1,264 @@
+"""Typed configuration parsed from ``params.yaml``.
+
+Every tunable value lives in ``params.yaml``; these models only describe and validate it, so a typo or an
+out-of-range value fails at load time with its dotted key, the value given and what is allowed, instead of
+surfacing as a confusing error deep inside a training run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MIRROR_ENV = "METAADAPT_DATA_MIRROR"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or out of range; the message names each bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSource(_Strict):
+    """Public source of a data set, used when the mirror has no copy (needs network)."""
+
+    id: str = Field(min_length=1)
+    config: str | None = None
+    splits: dict[str, str] = Field(min_length=1, description="our split name -> the hub's split name")
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = Field(default=None, description="names for integer labels without ClassLabel")
+
+
+class DatasetSpec(_Strict):
+    """One data set: mirror files by split, or user files by path, and its public source."""
+
+    files: dict[str, str] = Field(default_factory=dict, description="split -> file (relative to mirror/<name>/ or absolute)")
+    hub: HubSource | None = None
+    url: dict[str, str] = Field(default_factory=dict, description="split -> URL of a text,label file")
+    text_column: str = "text"
+    label_column: str = "label"
+    text_group: str | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> DatasetSpec:
+        if not (self.files or self.hub or self.url):
+            raise ValueError("a data set needs `files`, `hub` or `url`")
+        return self
+
+    @property
+    def splits(self) -> list[str]:
+        names = set(self.files) | set(self.url) | (set(self.hub.splits) if self.hub else set())
+        return sorted(names)
+
+
+class DataConfig(_Strict):
+    mirror: str | None = None
+    hub_cache_dir: str = "data/cache/hub"
+    max_text_chars: int = Field(default=2000, ge=16, le=100_000)
+    min_rows_per_label: int = Field(default=2, ge=1)
+
+
+class EncoderConfig(_Strict):
+    name: str = Field(min_length=1)
+    max_length: int = Field(default=64, ge=8, le=512)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(default=0, ge=0, le=256)
+
+
+class DomainConfig(_Strict):
+    dataset: str
+    adapt_split: str
+    eval_split: str
+    eval_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
+    k: int = Field(default=8, ge=0, le=512, description="examples per label in the support set (0 = zero-shot)")
+    meta_sources: list[str] = Field(default_factory=list)
+    label_descriptions: dict[str, str] = Field(default_factory=dict)
+
+
+class LimitsConfig(_Strict):
+    full: bool = False
+    meta_max_rows_per_label: int = Field(default=500, ge=2)
+    meta_max_rows_per_source: int = Field(default=3000, ge=4)
+    eval_max_rows: int = Field(default=1000, ge=10)
+    adapt_pool_max_rows: int = Field(default=2000, ge=10)
+
+
+class AugmentConfig(_Strict):
+    token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    copies: int = Field(default=1, ge=0, le=8)
+
+
+class EpisodesConfig(_Strict):
+    train_episodes: int = Field(default=800, ge=1)
+    val_episodes: int = Field(default=100, ge=1)
+    way_min: int = Field(default=2, ge=2)
+    way_max: int = Field(default=10, ge=2)
+    shot_min: int = Field(default=1, ge=1)
+    shot_max: int = Field(default=16, ge=1)
+    query: int = Field(default=8, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> EpisodesConfig:
+        if self.way_min > self.way_max:
+            raise ValueError(f"way_min ({self.way_min}) must be <= way_max ({self.way_max})")
+        if self.shot_min > self.shot_max:
+            raise ValueError(f"shot_min ({self.shot_min}) must be <= shot_max ({self.shot_max})")
+        return self
+
+
+class LoraConfig(_Strict):
+    r: int = Field(default=4, ge=1, le=256)
+    alpha: int = Field(default=8, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
+class MetaConfig(_Strict):
+    algorithm: Literal["protonet", "fomaml", "reptile"] = "protonet"
+    scope: Literal["head", "lora", "full"] = "head"
+    epochs: int = Field(default=6, ge=0, le=1000)
+    lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
+    temperature_init: float = Field(default=10.0, gt=0.0, le=1000.0)
+    inner_steps: int = Field(default=5, ge=1, le=100)
+    inner_lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    reptile_outer_lr: float = Field(default=0.5, gt=0.0, le=1.0)
+    lora: LoraConfig = LoraConfig()
+    encoder_lr: float = Field(default=2e-5, gt=0.0, le=1.0)
+
+
+class AdaptConfig(_Strict):
+    method: Literal["proto", "proto_finetune"] = "proto_finetune"
+    step_candidates: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40, 80], min_length=1)
+    lr: float = Field(default=0.01, gt=0.0, le=10.0)
+    cv_folds: int = Field(default=2, ge=2, le=10)
+
+
+class DriftConfig(_Strict):
+    current_rows: int = Field(default=300, ge=10)
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    max_embedding_dims: int = Field(default=32, ge=2)
+
+
+class RegistryConfig(_Strict):
+    experiment: str = Field(default="metaadapt", min_length=1)
+    tracking_uri: str | None = None
+    promote_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class Params(_Strict):
+    seed: int = Field(default=13, ge=0)
+    data: DataConfig = DataConfig()
+    datasets: dict[str, DatasetSpec]
+    encoder: EncoderConfig
+    domains: dict[str, DomainConfig] = Field(min_length=1)
+    limits: LimitsConfig = LimitsConfig()
+    episodes: EpisodesConfig = EpisodesConfig()
+    meta: MetaConfig = MetaConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    drift: DriftConfig = DriftConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Params:
+        problems = []
+        for name, domain in self.domains.items():
+            problems += _domain_reference_problems(name, domain, self.datasets)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def domain(self, name: str) -> DomainConfig:
+        """Return one domain, or fail listing the domains that exist."""
+        if name not in self.domains:
+            raise ConfigError(f"unknown domain {name!r}; params.yaml defines: {', '.join(sorted(self.domains))}")
+        return self.domains[name]
+
+
+def _domain_reference_problems(name: str, domain: DomainConfig, datasets: dict[str, DatasetSpec]) -> list[str]:
+    """Dangling data set names and leakage through shared texts, found at load time rather than mid-run."""
+    key = f"domains.{name}"
+    if domain.dataset not in datasets:
+        return [f"{key}.dataset = {domain.dataset!r} is not declared under `datasets` (known: {', '.join(sorted(datasets))})"]
+    problems = []
+    target = datasets[domain.dataset]
+    for split_key in ("adapt_split", "eval_split"):
+        split = getattr(domain, split_key)
+        if split not in target.splits:
+            problems.append(f"{key}.{split_key} = {split!r}: {domain.dataset} has splits {target.splits}")
+    for source in domain.meta_sources:
+        if source not in datasets:
+            problems.append(f"{key}.meta_sources has {source!r}, not declared under `datasets`")
+        elif source == domain.dataset:
+            problems.append(f"{key}.meta_sources has the domain's own data set {source!r} (evaluation texts would leak)")
+        elif target.text_group and datasets[source].text_group == target.text_group:
+            problems.append(f"{key}.meta_sources has {source!r}, which shares texts (text_group "
+                            f"{target.text_group!r}) with the evaluated data set {domain.dataset!r}")
+    return problems
+
+
+def _format_validation_error(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        given = item.get("input")
+        shown = repr(given) if not isinstance(given, dict) else "{...}"
+        lines.append(f"  {key} = {shown}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: Path = Path("params.yaml")) -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read and validate params.yaml (default: the project's)."""
+    path = Path(path) if path else PROJECT_ROOT / "params.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
+    return parse_params(raw, path)
+
+
+def resolve_mirror(data: DataConfig, root: Path = PROJECT_ROOT) -> Path | None:
+    """The data mirror: $METAADAPT_DATA_MIRROR, else params `data.mirror`, else ../shared/data when present."""
+    configured = os.environ.get(MIRROR_ENV) or data.mirror
+    if configured:
+        path = Path(configured).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_dir():
+            raise ConfigError(f"data mirror {path} (from ${MIRROR_ENV} or data.mirror) is not a directory")
+        return path
+    default = root.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for mlflow.log_params (lists and scalars kept as values)."""
+    raw = params.model_dump() if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,131 @@
+"""Reading labelled text data: the mirror, user files, or the data set's public source.
+
+Every reader returns a DataFrame with exactly two string columns, ``text`` and ``label``. Problems a user can
+fix (missing file, wrong columns, bad encoding, empty file) raise DataError naming the file and the fix; the
+source file is only ever read, never modified, so a failed load loses nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import DatasetSpec
+
+READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class DataError(ValueError):
+    """A data file or data set cannot be used as given; the message says what is wrong and where."""
+
+
+def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/parquet file into text,label strings, with errors a user can act on."""
+    path = Path(path)
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    frame = _read_raw(path, kind)
+    return _select_columns(frame, path, text_column, label_column)
+
+
+def _read_raw(path: Path, kind: str) -> pd.DataFrame:
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
+                           keep_default_na=False, on_bad_lines="error")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 (byte {error.start}); re-save the file as UTF-8") from None
+    except (pd.errors.ParserError, ValueError) as error:
+        raise DataError(f"{path}: malformed {kind} file: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # pyarrow raises its own types for corrupt parquet
+        raise DataError(f"{path}: cannot read as {kind}: {error}") from None
+
+
+def _select_columns(frame: pd.DataFrame, origin: object, text_column: str, label_column: str) -> pd.DataFrame:
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{origin}: missing column(s) {missing}; found {list(frame.columns)}. "
+                        f"Set text_column/label_column for this data set in params.yaml")
+    out = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
+    out = out.dropna()
+    out["text"] = out["text"].astype(str).str.strip()
+    out["label"] = out["label"].astype(str).str.strip()
+    out = out[(out["text"] != "") & (out["label"] != "")].reset_index(drop=True)
+    if out.empty:
+        raise DataError(f"{origin}: no rows with both a text and a label")
+    return out
+
+
+def load_split(name: str, spec: DatasetSpec, split: str, mirror: Path | None, cache_dir: Path | None = None) -> pd.DataFrame:
+    """One split of a declared data set: mirror copy or user file first, then URL, then the hub."""
+    local = _local_file(name, spec, split, mirror)
+    if local is not None:
+        return read_labelled_file(local, spec.text_column, spec.label_column)
+    if split in spec.url:
+        return _load_url(spec.url[split], spec)
+    if spec.hub is not None and split in spec.hub.splits:
+        return _load_hub(name, spec, split, cache_dir)
+    where = f"mirror {mirror}" if mirror else "no data mirror (set METAADAPT_DATA_MIRROR)"
+    raise DataError(f"data set {name!r} split {split!r}: not found in {where}, and no public source "
+                    f"(`hub` or `url`) is declared for it in params.yaml")
+
+
+def _local_file(name: str, spec: DatasetSpec, split: str, mirror: Path | None) -> Path | None:
+    """A user file given by absolute path always wins; relative names are looked up in the mirror."""
+    if split not in spec.files:
+        return None
+    declared = Path(spec.files[split]).expanduser()
+    if declared.is_absolute():
+        return declared
+    if mirror is not None and (mirror / name / declared).is_file():
+        return mirror / name / declared
+    return None
+
+
+def _load_url(url: str, spec: DatasetSpec) -> pd.DataFrame:
+    suffix = Path(url.split("?")[0]).suffix.lower()
+    kind = READERS.get(suffix, "csv")
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(url)
+        elif kind == "jsonl":
+            frame = pd.read_json(url, lines=True, dtype=False)
+        else:
+            frame = pd.read_csv(url, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False)
+    except Exception as error:
+        raise DataError(f"{url}: download or parse failed: {error}") from None
+    return _select_columns(frame, url, spec.text_column, spec.label_column)
+
+
+def _load_hub(name: str, spec: DatasetSpec, split: str, cache_dir: Path | None) -> pd.DataFrame:
+    """Download from the Hugging Face hub; integer labels become their names (ClassLabel or label_names)."""
+    import datasets  # heavy import, only on this path
+
+    hub = spec.hub
+    assert hub is not None
+    try:
+        ds = datasets.load_dataset(hub.id, hub.config, split=hub.splits[split],
+                                   cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as error:
+        raise DataError(f"data set {name!r}: no mirror copy and the hub download of {hub.id!r} failed: {error}") from None
+    frame = ds.to_pandas()
+    feature = ds.features.get(hub.label_column)
+    names = getattr(feature, "names", None) or hub.label_names
+    if names is not None and pd.api.types.is_integer_dtype(frame[hub.label_column]):
+        frame[hub.label_column] = frame[hub.label_column].map(lambda i: names[int(i)])
+    return _select_columns(frame, f"hub:{hub.id}", hub.text_column, hub.label_column)
+
+
+def text_hash(text: str) -> str:
+    """Stable id of a text after whitespace/case normalisation, used for leakage checks."""
+    normal = " ".join(text.lower().split())
+    return hashlib.sha1(normal.encode("utf-8")).hexdigest()

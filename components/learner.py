@@ -1,0 +1,103 @@
+"""Glue between the configured scope and the meta-learning core: build, save, reload and adapt a learner.
+
+The head scope works on cached embeddings (fast on a CPU); lora/full run texts through a trainable encoder. Both
+go through the same ``meta_train`` and ``adapt`` functions, on whatever device the encoder sits on.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from components.config import Params
+from components.encoder import TextEncoder, load_encoder, pick_device
+from components.meta import EmbedFn, Learner, ProjectionHead, adapt, zero_shot
+from components.model_io import AdaptedModel, save_model
+from components.scopes import encoder_delta, prepare_encoder, restore_encoder
+
+
+def encoder_dim(params: Params) -> int:
+    from transformers import AutoConfig
+
+    from components.encoder import resolve_model_path
+
+    return int(AutoConfig.from_pretrained(resolve_model_path(params.encoder.name)).hidden_size)
+
+
+def build_learner(params: Params, dim: int | None = None) -> tuple[Learner, TextEncoder | None]:
+    """A fresh learner for the configured scope; the encoder is loaded only when the scope trains it."""
+    encoder = None
+    if params.meta.scope != "head":
+        encoder = prepare_encoder(load_encoder(params.encoder), params.meta.scope, params.meta.lora)
+        dim = encoder.dim
+    head = ProjectionHead(dim or encoder_dim(params), params.meta.temperature_init)
+    device = encoder.device if encoder is not None else pick_device(params.encoder.device)
+    return Learner(head, encoder).to(device), encoder
+
+
+def embed_fn(scope: str, vectors: torch.Tensor, texts: Sequence[str], encoder: TextEncoder | None) -> EmbedFn:
+    """Rows -> embeddings: a table lookup (head) or a forward pass through the trainable encoder."""
+    if scope == "head":
+        return lambda rows: vectors[list(rows)].to(torch.float32)
+    assert encoder is not None
+    return lambda rows: encoder([texts[i] for i in rows])
+
+
+def save_learner(learner: Learner, encoder: TextEncoder | None, params: Params, directory: Path, summary: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in learner.head.state_dict().items()},
+              str(directory / "head.safetensors"))
+    delta = encoder_delta(encoder, params.meta.scope) if encoder is not None else None
+    if delta:
+        save_file({k: v.contiguous() for k, v in delta.items()}, str(directory / "encoder.safetensors"))
+    (directory / "meta.json").write_text(json.dumps({**summary, "scope": params.meta.scope}, indent=2), encoding="utf-8")
+
+
+def load_learner(directory: Path, params: Params) -> tuple[ProjectionHead, TextEncoder, dict | None]:
+    """The meta-trained head and an encoder with the meta-trained delta applied (frozen, for adaptation)."""
+    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    state = load_file(str(directory / "head.safetensors"))
+    head = ProjectionHead(state["linear.weight"].shape[0])
+    head.load_state_dict(state)
+    delta = load_file(str(directory / "encoder.safetensors")) if (directory / "encoder.safetensors").is_file() else None
+    encoder = restore_encoder(load_encoder(params.encoder), meta["scope"], params.meta.lora.model_dump(), delta)
+    return head.eval(), encoder, delta
+
+
+def label_prompt(label: str, descriptions: dict[str, str]) -> str:
+    """Zero-shot text for a label: its description when given, else its name in words."""
+    return descriptions.get(label) or label.replace("_", " ").replace("-", " ")
+
+
+def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFrame, labels: list[str],
+                 descriptions: dict[str, str], out_dir: Path) -> dict:
+    """Embed the support set (fresh, not cached: this is the adaptation a user waits for) and adapt; save."""
+    head, encoder, delta = load_learner(meta_dir, params)
+    started = time.perf_counter()
+    device = encoder.device
+    head = head.to(device)
+    if len(support):
+        vectors = torch.as_tensor(encoder.encode(support["text"].tolist(), params.encoder.batch_size), device=device)
+        embedded = time.perf_counter()
+        classifier = adapt(head, vectors, support["label"].tolist(), params.adapt, params.seed, label_order=labels)
+    else:
+        prompts = [label_prompt(label, descriptions) for label in labels]
+        vectors = torch.as_tensor(encoder.encode(prompts, params.encoder.batch_size), device=device)
+        embedded = time.perf_counter()
+        classifier = zero_shot(head, vectors, labels)
+    finished = time.perf_counter()
+    classifier.weights = classifier.weights.cpu()
+    scope = json.loads((meta_dir / "meta.json").read_text(encoding="utf-8"))["scope"]
+    model = AdaptedModel(head.cpu(), classifier, params.encoder.model_dump(), scope, delta,
+                         params.meta.lora.model_dump() if scope == "lora" else None,
+                         {"domain": domain, "k": params.domain(domain).k, "seed": params.seed})
+    save_model(model, out_dir)
+    return {"steps": classifier.info.get("steps", 0), "cv_scores": classifier.info.get("cv_scores", {}),
+            "adapt_seconds": finished - embedded, "embed_support_seconds": embedded - started,
+            "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}

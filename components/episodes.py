@@ -90,14 +90,24 @@ def load_episodes(path: Path) -> list[Episode]:
     return [Episode(**raw) for raw in json.loads(Path(path).read_text(encoding="utf-8"))]
 
 
-def split_pool_rows(pool: pd.DataFrame, validation_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split originals (with their augmented copies) into train/validation pools, stratified by source and label."""
+def split_pool_rows(pool: pd.DataFrame, validation_fraction: float, seed: int,
+                    class_holdout_min_labels: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the pool into train/validation pools; augmented copies always follow their original.
+
+    Sources with many labels hold out whole classes, so validation measures transfer to unseen labels (what
+    adapting to a new domain needs); sources with few labels (binary sentiment) hold out rows of every label.
+    """
     rng = np.random.default_rng(seed)
     originals = pool[~pool["augmented"]]
-    held = []
-    for _, rows in originals.groupby(["source", "label"], sort=True):
-        n_held = int(round(len(rows) * validation_fraction))
-        held += rng.choice(rows.index.to_numpy(), size=n_held, replace=False).tolist()
-    held_set = set(held)
-    in_val = pool["origin"].isin(held_set)
+    held: list[int] = []
+    for _, source_rows in originals.groupby("source", sort=True):
+        labels = sorted(source_rows["label"].unique())
+        if len(labels) >= class_holdout_min_labels:
+            chosen = rng.choice(labels, size=max(2, int(round(len(labels) * validation_fraction))), replace=False)
+            held += source_rows.index[source_rows["label"].isin(set(chosen))].tolist()
+            continue
+        for _, rows in source_rows.groupby("label", sort=True):
+            n_held = int(round(len(rows) * validation_fraction))
+            held += rng.choice(rows.index.to_numpy(), size=n_held, replace=False).tolist()
+    in_val = pool["origin"].isin(set(held))
     return pool[~in_val], pool[in_val]

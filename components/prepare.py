@@ -25,14 +25,20 @@ class DomainData:
 
 
 def stratified_sample(frame: pd.DataFrame, max_rows: int, seed: int, min_per_label: int = 0) -> pd.DataFrame:
-    """At most max_rows rows, label shares kept, each label keeping min(its rows, min_per_label) at least."""
+    """At most max_rows rows with label shares kept; the floor min(its rows, min_per_label) per label wins over
+    max_rows when both cannot hold."""
     if len(frame) <= max_rows:
         return frame.reset_index(drop=True)
     share = max_rows / len(frame)
-    parts = []
-    for i, (_, rows) in enumerate(frame.groupby("label", sort=True)):
-        n = min(len(rows), max(min_per_label, int(round(len(rows) * share))))
-        parts.append(rows.sample(n=n, random_state=seed + i))
+    groups = list(frame.groupby("label", sort=True))
+    counts = [min(len(rows), max(min_per_label, int(round(len(rows) * share)))) for _, rows in groups]
+    floors = [min(len(rows), min_per_label) for _, rows in groups]
+    excess = sum(counts) - max_rows
+    for i in sorted(range(len(counts)), key=lambda j: -counts[j]):  # rounding overshoot: trim the largest labels
+        cut = min(max(excess, 0), counts[i] - floors[i])
+        counts[i] -= cut
+        excess -= cut
+    parts = [rows.sample(n=n, random_state=seed + i) for i, ((_, rows), n) in enumerate(zip(groups, counts))]
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
@@ -87,15 +93,18 @@ def meta_pool(domain: DomainConfig, params: Params, mirror: Path | None, banned:
         table = pd.concat([load_split(source, spec, split, mirror, Path(params.data.hub_cache_dir))
                            for split in spec.splits], ignore_index=True)
         if not full:
-            per_label = min(limits.meta_max_rows_per_label,
-                            max(2, limits.meta_max_rows_per_source // table["label"].nunique()))
+            per_source = domain.meta_max_rows_per_source or limits.meta_max_rows_per_source
+            per_label = min(limits.meta_max_rows_per_label, max(2, per_source // table["label"].nunique()))
             table = cap_per_label(table, per_label, params.seed)
         table, removed = _remove_overlap(table, banned)
         counts[source] = {"rows": len(table), "labels": int(table["label"].nunique()), "removed_eval_overlap": removed}
         frames.append(table.assign(source=source))
     if not frames:
         return pd.DataFrame(columns=["text", "label", "source", "augmented", "origin"]), counts
-    return with_augmentations(pd.concat(frames, ignore_index=True), params), counts
+    pool = with_augmentations(pd.concat(frames, ignore_index=True), params)
+    # token dropout can turn a meta text into an evaluation text: drop such copies too
+    clean = ~(pool["augmented"] & pool["text"].map(text_hash).isin(banned))
+    return pool[clean].reset_index(drop=True), counts
 
 
 def with_augmentations(pool: pd.DataFrame, params: Params) -> pd.DataFrame:

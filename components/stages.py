@@ -173,7 +173,8 @@ def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         fn = embed_fn(params.meta.scope, torch.as_tensor(vectors), pool["text"].tolist(), encoder)
         result = train(learner, train_eps, val_eps, fn, params.meta, params.seed,
                        progress=lambda e, loss, acc: log.info("meta-train %s epoch %d: loss %.4f val acc %.4f",
-                                                              domain, e, loss, acc))
+                                                              domain, e, loss, acc),
+                       embedding_noise=params.episodes.augment.embedding_noise)
     summary = _meta_summary(result, params)
     save_learner(learner, encoder, params, paths.meta_dir, summary)
     _log_meta_run(params, domain, root, summary, paths)
@@ -315,8 +316,13 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
     """Per-domain results table: reports/summary.md and reports/summary.json."""
     rows = []
+    status_file = root / "reports" / "run_status.json"
+    run_status = _read_json(status_file) if status_file.is_file() else {}
     for domain in params.domains:
         paths = StagePaths(root, domain)
+        if run_status.get(domain, {}).get("status") == "failed":
+            rows.append({"domain": domain, "status": f"failed at {run_status[domain]['failed_stage']}"})
+            continue
         metrics = _read_json(paths.report("metrics")) if paths.report("metrics").is_file() else {}
         registry = _read_json(paths.report("registry")) if paths.report("registry").is_file() else {}
         drift_info = _read_json(paths.report("drift")) if paths.report("drift").is_file() else {}
@@ -337,7 +343,7 @@ def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
     lines = []
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['domain']} | failed | | | | | | | | |")
+            lines.append(f"| {r['domain']} | {r['status']} | | | | | | | | |")
             continue
         lines.append(f"| {r['domain']} | ok | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['k']} | {r['n_labels']} "
                      f"| {r['eval_rows']} | {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
@@ -356,14 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in {*DOMAIN_STAGES, "summary"}:
         print(f"usage: python -m components.stages {{{'|'.join([*DOMAIN_STAGES, 'summary'])}}} [DOMAIN]", file=sys.stderr)
         return 2
-    params = load_params()
+    root = Path.cwd()  # DVC runs every stage from the project root
+    params = load_params(root / "params.yaml")
     if argv[0] == "summary":
-        summary(params)
+        summary(params, root)
     else:
         if len(argv) < 2:
             print(f"stage {argv[0]} needs a domain: one of {', '.join(params.domains)}", file=sys.stderr)
             return 2
-        DOMAIN_STAGES[argv[0]](params, argv[1])
+        DOMAIN_STAGES[argv[0]](params, argv[1], root)
     return 0
 
 

@@ -47,6 +47,15 @@ def run(domain: list[str] = typer.Option(None, "--domain", "-d", help="Run only 
 
 
 @app.command()
+def serve(cron: str = typer.Option("0 3 * * *", help="Cron schedule for retraining (server time zone)."),
+          name: str = typer.Option("scheduled-retraining", help="Deployment name.")) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (needs a running Prefect server; see README)."""
+    from flows.pipeline import pipeline
+
+    pipeline.serve(name=name, cron=cron)
+
+
+@app.command()
 def stage(name: str = typer.Argument(..., help="ingest|validate|episodes|meta_train|adapt|evaluate|register|drift|summary"),
           domain: Optional[str] = typer.Argument(None, help="Domain name from params.yaml.")) -> None:
     """Run one stage in this process, without DVC or Prefect (for debugging)."""

@@ -6,6 +6,8 @@ its own chain; the summary still reports every domain.
 """
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -28,13 +30,21 @@ def dvc_command(root: Path) -> list[str]:
     return [str(local)] if local.exists() else ["dvc"]
 
 
+def stage_environment() -> dict[str, str]:
+    """This interpreter's bin directory first on PATH, so the `python` in dvc.yaml commands is this venv's."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 @task(name="dvc-stage", task_run_name="{target}", retries=0)
 def run_stage(target: str, root: str, force: bool = False) -> float:
     """Run one DVC stage, streaming its output into the Prefect log; returns seconds taken."""
     logger = get_run_logger()
     command = dvc_command(Path(root)) + ["repro", "--single-item", target] + (["--force"] if force else [])
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=stage_environment())
     tail: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
@@ -59,6 +69,17 @@ def run_domain(domain: str, root: str, force: bool) -> dict:
     return {"status": "ok", "seconds": timings}
 
 
+def write_run_status(root: Path, results: dict) -> Path:
+    """What this run did per domain, for the summary stage: a failed domain must not show its old metrics as ok."""
+    reports = root / "reports"
+    for kind in ("metrics", "registry", "drift"):
+        (reports / kind).mkdir(parents=True, exist_ok=True)
+    status = {name: {k: v for k, v in result.items() if k != "seconds"} for name, result in results.items()}
+    path = reports / "run_status.json"
+    path.write_text(json.dumps(status, indent=2, sort_keys=True), encoding="utf-8")
+    return path
+
+
 @flow(name="metaadapt-pipeline", log_prints=True)
 def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), force: bool = False) -> dict:
     """ingest → validate → episodes → meta-train → adapt → evaluate → register → drift, per domain; then a summary."""
@@ -67,7 +88,11 @@ def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), fo
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts
     results = {name: run_domain(name, root, force) for name in selected}
-    run_stage("summary", root)
+    status_file = write_run_status(Path(root), results)
+    try:
+        run_stage("summary", root, force=True)  # always: a failed domain's old metrics are unchanged files
+    finally:
+        status_file.unlink(missing_ok=True)
     failed = [name for name, result in results.items() if result["status"] != "ok"]
     if failed:
         raise RuntimeError(f"domain(s) failed: {', '.join(failed)}; see the log and reports/summary.md "

@@ -144,6 +144,7 @@ class AdaptConfig(_Strict):
     step_candidates: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40, 80], min_length=1)
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     cv_folds: int = Field(default=2, ge=2, le=10)
+    select_head: bool = Field(default=True, description="also try the untrained head; support-set CV picks one")
 
 
 class DriftConfig(_Strict):

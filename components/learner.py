@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from components.config import Params
 from components.encoder import TextEncoder, load_encoder, pick_device
-from components.meta import EmbedFn, Learner, ProjectionHead, adapt, zero_shot
+from components.meta import EmbedFn, Learner, ProjectionHead, adapt_select, zero_shot
 from components.model_io import AdaptedModel, save_model
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
 
@@ -85,7 +85,11 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     if len(support):
         vectors = torch.as_tensor(encoder.encode(support["text"].tolist(), params.encoder.batch_size), device=device)
         embedded = time.perf_counter()
-        classifier = adapt(head, vectors, support["label"].tolist(), params.adapt, params.seed, label_order=labels)
+        candidates = {"meta": head}
+        if params.adapt.select_head:
+            candidates["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init).to(device)
+        _, head, classifier = adapt_select(candidates, vectors, support["label"].tolist(), params.adapt,
+                                           params.seed, label_order=labels)
     else:
         prompts = [label_prompt(label, descriptions) for label in labels]
         vectors = torch.as_tensor(encoder.encode(prompts, params.encoder.batch_size), device=device)
@@ -99,5 +103,6 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
                          {"domain": domain, "k": params.domain(domain).k, "seed": params.seed})
     save_model(model, out_dir)
     return {"steps": classifier.info.get("steps", 0), "cv_scores": classifier.info.get("cv_scores", {}),
+            "head": classifier.info.get("head", "meta"), "head_cv_scores": classifier.info.get("head_cv_scores", {}),
             "adapt_seconds": finished - embedded, "embed_support_seconds": embedded - started,
             "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}

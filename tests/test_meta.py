@@ -378,3 +378,24 @@ def test_meta_train_with_zero_epochs_keeps_the_identity_head(task_family):
                         MetaConfig(epochs=0), seed=0)
     assert result.best_epoch == 0 and result.train_loss == [] and len(result.val_accuracy) == 1
     assert learner.head.linear.weight.abs().sum() == 0
+
+
+def test_adapt_select_keeps_the_head_the_support_set_prefers() -> None:
+    """A head that scrambles the class signal loses the support-set CV to the untrained head; ties keep the first."""
+    from components.config import AdaptConfig
+    from components.meta import adapt_select
+
+    torch.manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    x = torch.cat([centres[i] + 0.05 * torch.randn(8, 16) for i in range(3)])
+    labels = [name for name in "abc" for _ in range(8)]
+    scrambler = ProjectionHead(16)
+    with torch.no_grad():
+        scrambler.linear.weight.copy_(-torch.eye(16))  # x + Wx + b = b: every text maps to one point
+        scrambler.linear.bias.copy_(torch.randn(16))
+    config = AdaptConfig(step_candidates=[0, 5], cv_folds=2)
+    chosen, _, classifier = adapt_select({"meta": scrambler, "identity": ProjectionHead(16)}, x, labels, config, seed=0)
+    assert chosen == "identity" and classifier.info["head"] == "identity"
+    assert classifier.info["head_cv_scores"]["identity"] > classifier.info["head_cv_scores"]["meta"]
+    chosen, _, _ = adapt_select({"meta": ProjectionHead(16), "identity": ProjectionHead(16)}, x, labels, config, seed=0)
+    assert chosen == "meta"

@@ -8,6 +8,7 @@ support set alone (never the test set).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -25,6 +26,24 @@ from components.episodes import Episode
 # Maps pool row indices to (unprojected) embeddings: a lookup into cached embeddings for the head scope, a forward
 # pass of the trainable encoder for the lora/full scopes.
 EmbedFn = Callable[[Sequence[int]], torch.Tensor]
+
+
+@contextlib.contextmanager
+def small_ops_threading(enabled: bool = True):
+    """Run tiny-matrix work on one thread; restore the thread count afterwards.
+
+    Why: head-sized ops (a few hundred rows x 384) gain nothing from a second thread, and when another process
+    shares the cores the OpenMP workers wait on each other: measured 27 s vs 0.15 s for one adaptation.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ProjectionHead(nn.Module):
@@ -182,6 +201,11 @@ def meta_train(learner: Learner, train_episodes: Sequence[Episode], val_episodes
                progress: Callable[[int, float, float], None] | None = None,
                embedding_noise: float = 0.0) -> MetaTrainResult:
     """Train for `config.epochs` passes over the episodes; keep the epoch with the best validation accuracy."""
+    with small_ops_threading(learner.encoder is None):
+        return _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise)
+
+
+def _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise):
     torch.manual_seed(seed)
     # Weights drifting towards zero become subnormal floats, which make CPU matmuls ~15x slower (measured).
     torch.set_flush_denormal(True)
@@ -236,21 +260,32 @@ class CosineClassifier:
         return [self.labels[i] for i in self.predict_proba(head, embeddings).argmax(1).tolist()]
 
 
-def _finetune(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int, steps: int, lr: float) -> torch.Tensor:
-    """Prototype-initialised classifier weights after `steps` full-batch Adam steps (head frozen)."""
+def _finetune_checkpoints(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
+                          checkpoints: Sequence[int], lr: float) -> dict[int, torch.Tensor]:
+    """Classifier weights after each of `checkpoints` full-batch Adam steps (head frozen), from one run.
+
+    The weights start at the class prototypes (step 0), so zero steps is plain prototype classification.
+    """
+    torch.set_flush_denormal(True)  # tiny weights turn subnormal and slow CPU matmuls ~15x (measured)
     with torch.no_grad():
         z = head(x)
         weights = prototypes(z, y, n)
-    if steps == 0:
-        return weights
+    out = {0: weights.clone()} if 0 in checkpoints else {}
     weights = weights.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     temperature = head.temperature.item()
-    for _ in range(steps):
+    for step in range(1, max(checkpoints, default=0) + 1):
         optimizer.zero_grad()
         F.cross_entropy(cosine_logits(z, weights, temperature), y).backward()
         optimizer.step()
-    return weights.detach()
+        if step in checkpoints:
+            out[step] = weights.detach().clone()
+    return out
+
+
+def _finetune(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int, steps: int, lr: float) -> torch.Tensor:
+    """Prototype-initialised classifier weights after `steps` full-batch Adam steps (head frozen)."""
+    return _finetune_checkpoints(head, x, y, n, [steps], lr)[steps]
 
 
 def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -269,15 +304,16 @@ def choose_steps(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
     if counts.min() < config.cv_folds or len(config.step_candidates) == 1:
         return min(config.step_candidates), {}
     folds = _stratified_folds(y.cpu().numpy(), config.cv_folds, seed)
-    scores = {}
-    for steps in sorted(config.step_candidates):
-        correct = 0
-        for held in folds:
-            train = np.setdiff1d(np.arange(len(y)), held)
-            weights = _finetune(head, x[train], y[train], n, steps, config.lr)
-            with torch.no_grad():
-                correct += int((cosine_logits(head(x[held]), weights, 1.0).argmax(1) == y[held]).sum())
-        scores[steps] = correct / len(y)
+    candidates = sorted(set(config.step_candidates))
+    correct = dict.fromkeys(candidates, 0)
+    for held in folds:
+        train = np.setdiff1d(np.arange(len(y)), held)
+        path = _finetune_checkpoints(head, x[train], y[train], n, candidates, config.lr)
+        with torch.no_grad():
+            z_held = head(x[held])
+            for steps, weights in path.items():
+                correct[steps] += int((cosine_logits(z_held, weights, 1.0).argmax(1) == y[held]).sum())
+    scores = {steps: correct[steps] / len(y) for steps in candidates}
     best = max(scores.values())
     return min(s for s, v in scores.items() if v >= best - 1e-12), scores
 
@@ -294,13 +330,13 @@ def adapt(head: ProjectionHead, support: torch.Tensor, support_labels: Sequence[
         raise ValueError(f"no support example for label(s) {missing}; give at least one per label or use k=0")
     y = torch.tensor([labels.index(label) for label in support_labels], device=support.device)
     head.eval()
-    torch.set_flush_denormal(True)
     started = time.perf_counter()
-    if config.method == "proto":
-        steps, scores = 0, {}
-    else:
-        steps, scores = choose_steps(head, support, y, len(labels), config, seed)
-    weights = _finetune(head, support, y, len(labels), steps, config.lr)
+    with small_ops_threading():
+        if config.method == "proto":
+            steps, scores = 0, {}
+        else:
+            steps, scores = choose_steps(head, support, y, len(labels), config, seed)
+        weights = _finetune(head, support, y, len(labels), steps, config.lr)
     info = {"steps": steps, "cv_scores": scores, "seconds": time.perf_counter() - started,
             "support_size": len(support_labels)}
     return CosineClassifier(labels, weights, head.temperature.item(), info)
@@ -314,6 +350,11 @@ def adapt_select(heads: dict[str, ProjectionHead], support: torch.Tensor, suppor
     Why: meta-training on source tasks that do not transfer (measured: CLINC/SNIPS for Banking77) can cost a point
     or two; the support set alone, never the test set, decides whether to keep the meta-trained head.
     """
+    with small_ops_threading():
+        return _adapt_select(heads, support, support_labels, config, seed, label_order)
+
+
+def _adapt_select(heads, support, support_labels, config, seed, label_order):
     labels = list(label_order) if label_order else sorted(set(support_labels))
     y = torch.tensor([labels.index(label) for label in support_labels if label in labels], device=support.device)
     scores: dict[str, float] = {}

@@ -165,9 +165,6 @@ def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     train_eps = load_episodes(paths.prepared / "episodes_train.json")
     val_eps = load_episodes(paths.prepared / "episodes_val.json")
     learner, encoder = build_learner(params, dim=vectors.shape[1] if len(pool) else None)
-    if params.meta.scope == "head":
-        # Tiny matmuls: one thread is faster, and far faster when other processes share the cores (measured 6x).
-        torch.set_num_threads(1)
     result = None
     if train_eps:
         fn = embed_fn(params.meta.scope, torch.as_tensor(vectors), pool["text"].tolist(), encoder)

@@ -1,0 +1,53 @@
+"""Stage-level behaviour that needs no model: the summary's honesty about failed domains, the CLI surface."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from components.config import PROJECT_ROOT, load_params
+from components.stages import StagePaths, summary
+from flows.cli import app, set_full
+
+
+def write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def test_summary_marks_a_failed_domain_even_when_old_metrics_exist(tmp_path: Path) -> None:
+    params = load_params()
+    metrics = {"accuracy": 0.9, "macro_f1": 0.8, "k": 8, "n_labels": 3, "eval_rows": 10,
+               "adapt_seconds": 0.1, "adapt_total_seconds": 0.2}
+    for domain in params.domains:
+        write(StagePaths(tmp_path, domain).report("metrics"), metrics)
+    first = next(iter(params.domains))
+    write(tmp_path / "reports" / "run_status.json", {first: {"status": "failed", "failed_stage": "validate"}})
+    rows = {row["domain"]: row for row in summary(params, tmp_path)["domains"]}
+    assert rows[first]["status"] == "failed at validate" and "accuracy" not in rows[first]
+    assert all(rows[d]["status"] == "ok" for d in params.domains if d != first)
+    assert f"| {first} | failed at validate |" in (tmp_path / "reports" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["run", "stage", "check-config", "predict", "models", "serve"])
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_check_config_reports_a_bad_value(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text((PROJECT_ROOT / "params.yaml").read_text().replace("k: 8", "k: -1", 1))
+    result = CliRunner().invoke(app, ["check-config", "--path", str(bad)])
+    assert result.exit_code == 2 and "domains.finance_sentiment.k = -1" in result.output
+
+
+def test_set_full_flips_only_the_limits_flag(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    original = (PROJECT_ROOT / "params.yaml").read_text()
+    params.write_text(original)
+    set_full(params, True)
+    changed = [(a, b) for a, b in zip(original.splitlines(), params.read_text().splitlines()) if a != b]
+    assert len(changed) == 1 and changed[0][1].strip().startswith("full: true")

@@ -43,9 +43,13 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q --durations=10 -m "not integration"
 
+# The runs behind README's benchmark table (≈ 30 min here); `benchmarks/fewshot.py --help` for the full matrix.
 bench: install
 	$(PY) -m pip install --quiet -e '.[setfit]'
-	$(PY) benchmarks/fewshot.py
+	$(PY) benchmarks/fewshot.py --seeds 5 --methods metaadapt prototypes linear_probe --out benchmarks/results
+	$(PY) benchmarks/fewshot.py --domains finance_sentiment --seeds 5 --out benchmarks/results/finance_sentiment
+	$(PY) benchmarks/fewshot.py --domains product_reviews --seeds 5 --methods setfit finetune \
+	    --out benchmarks/results/slow_product_reviews
 
 bench-quick: install
 	$(PY) benchmarks/fewshot.py --quick

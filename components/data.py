@@ -34,6 +34,18 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
     return _select_columns(frame, path, text_column, label_column)
 
 
+def read_texts(path: Path, text_column: str = "text") -> list[str]:
+    """Unlabelled texts to score (same formats and checks as labelled files, no label column needed)."""
+    path = Path(path)
+    kind = READERS.get(path.suffix.lower())
+    if kind is None or not path.is_file() or path.stat().st_size == 0:
+        raise DataError(f"{path}: need a non-empty {sorted(READERS)} file")
+    frame = _read_raw(path, kind)
+    if text_column not in frame.columns:
+        raise DataError(f"{path}: no {text_column!r} column; found {list(frame.columns)}")
+    return frame[text_column].fillna("").astype(str).tolist()
+
+
 def _read_raw(path: Path, kind: str) -> pd.DataFrame:
     try:
         if kind == "parquet":

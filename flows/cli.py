@@ -79,16 +79,15 @@ def check_config(path: Path = typer.Option(PROJECT_ROOT / "params.yaml", help="p
 @app.command()
 def predict(domain: str = typer.Argument(..., help="Domain whose champion model to use."),
             texts: list[str] = typer.Argument(None, help="Texts to classify (or use --file)."),
-            file: Optional[Path] = typer.Option(None, "--file", help="A text,label-style file with a `text` column."),
+            file: Optional[Path] = typer.Option(None, "--file", help="A CSV/TSV/JSONL/parquet file with a `text` column."),
             model_dir: Optional[Path] = typer.Option(None, help="Use a model directory instead of the champion.")) -> None:
     """Classify texts with a domain's registered champion (or a model directory); prints JSON lines."""
     import pandas as pd
 
-    from components.data import read_labelled_file
+    from components.data import read_texts
 
     if file is not None:
-        texts = pd.read_csv(file)["text"].astype(str).tolist() if file.suffix == ".csv" and "label" not in \
-            pd.read_csv(file, nrows=0).columns else read_labelled_file(file)["text"].tolist()
+        texts = read_texts(file)
     if not texts:
         raise typer.BadParameter("give texts as arguments or --file")
     if model_dir is not None:

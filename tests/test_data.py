@@ -188,3 +188,14 @@ def test_text_hash_normalises_case_and_whitespace():
     assert text_hash("Hello  World") == text_hash(" hello\tworld\n")
     assert text_hash("Hello World") != text_hash("Hello Worlds")
     assert re.fullmatch(r"[0-9a-f]{40}", text_hash("x"))
+
+
+def test_read_texts_needs_only_a_text_column(tmp_path) -> None:
+    from components.data import read_texts
+
+    path = tmp_path / "batch.csv"
+    path.write_text("id,text\n1,hello there\n2,\"a, quoted\"\n", encoding="utf-8")
+    assert read_texts(path) == ["hello there", "a, quoted"]
+    (tmp_path / "bad.csv").write_text("id,body\n1,x\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no 'text' column"):
+        read_texts(tmp_path / "bad.csv")

@@ -206,6 +206,7 @@ def meta_train(learner: Learner, train_episodes: Sequence[Episode], val_episodes
 
 
 def _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise):
+    """The body of meta_train, run inside its threading context."""
     torch.manual_seed(seed)
     # Weights drifting towards zero become subnormal floats, which make CPU matmuls ~15x slower (measured).
     torch.set_flush_denormal(True)
@@ -355,6 +356,7 @@ def adapt_select(heads: dict[str, ProjectionHead], support: torch.Tensor, suppor
 
 
 def _adapt_select(heads, support, support_labels, config, seed, label_order):
+    """The body of adapt_select, run inside its threading context."""
     labels = list(label_order) if label_order else sorted(set(support_labels))
     y = torch.tensor([labels.index(label) for label in support_labels if label in labels], device=support.device)
     scores: dict[str, float] = {}

@@ -23,6 +23,11 @@ class DataError(ValueError):
 def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
     """Read a CSV/TSV/JSONL/parquet file into text,label strings, with errors a user can act on."""
     path = Path(path)
+    return _select_columns(_read_checked(path), path, text_column, label_column)
+
+
+def _read_checked(path: Path) -> pd.DataFrame:
+    """The raw table of a supported, existing, non-empty file."""
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
@@ -30,17 +35,13 @@ def read_labelled_file(path: Path, text_column: str = "text", label_column: str 
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    frame = _read_raw(path, kind)
-    return _select_columns(frame, path, text_column, label_column)
+    return _read_raw(path, kind)
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
     """Unlabelled texts to score (same formats and checks as labelled files, no label column needed)."""
     path = Path(path)
-    kind = READERS.get(path.suffix.lower())
-    if kind is None or not path.is_file() or path.stat().st_size == 0:
-        raise DataError(f"{path}: need a non-empty {sorted(READERS)} file")
-    frame = _read_raw(path, kind)
+    frame = _read_checked(path)
     if text_column not in frame.columns:
         raise DataError(f"{path}: no {text_column!r} column; found {list(frame.columns)}")
     return frame[text_column].fillna("").astype(str).tolist()

@@ -64,6 +64,11 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _read_json_if_present(path: Path) -> dict:
+    """A stage's JSON output, or {} when that stage has not run (a failed or new domain)."""
+    return _read_json(path) if path.is_file() else {}
+
+
 def embedding_cache(params: Params, root: Path):
     from components.encoder import EmbeddingCache, model_key
 
@@ -313,16 +318,15 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
     """Per-domain results table: reports/summary.md and reports/summary.json."""
     rows = []
-    status_file = root / "reports" / "run_status.json"
-    run_status = _read_json(status_file) if status_file.is_file() else {}
+    run_status = _read_json_if_present(root / "reports" / "run_status.json")
     for domain in params.domains:
         paths = StagePaths(root, domain)
         if run_status.get(domain, {}).get("status") == "failed":
             rows.append({"domain": domain, "status": f"failed at {run_status[domain]['failed_stage']}"})
             continue
-        metrics = _read_json(paths.report("metrics")) if paths.report("metrics").is_file() else {}
-        registry = _read_json(paths.report("registry")) if paths.report("registry").is_file() else {}
-        drift_info = _read_json(paths.report("drift")) if paths.report("drift").is_file() else {}
+        metrics = _read_json_if_present(paths.report("metrics"))
+        registry = _read_json_if_present(paths.report("registry"))
+        drift_info = _read_json_if_present(paths.report("drift"))
         rows.append({"domain": domain, "status": "ok" if metrics else "failed", **metrics,
                      "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
                      "drift_detected": drift_info.get("dataset_drift")})

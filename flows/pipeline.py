@@ -16,8 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from components.config import PROJECT_ROOT, load_params
-
-DOMAIN_STAGES = ["ingest", "validate", "episodes", "meta_train", "adapt", "evaluate", "register", "drift"]
+from components.stages import DOMAIN_STAGES  # the stage order, defined once beside the stage functions
 
 
 class StageFailed(RuntimeError):

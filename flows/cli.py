@@ -1,7 +1,6 @@
 """`metaadapt`: the command line over the flows and components (``metaadapt --help``)."""
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -47,15 +46,6 @@ def run(domain: list[str] = typer.Option(None, "--domain", "-d", help="Run only 
 
 
 @app.command()
-def serve(cron: str = typer.Option("0 3 * * *", help="Cron schedule for retraining (server time zone)."),
-          name: str = typer.Option("scheduled-retraining", help="Deployment name.")) -> None:
-    """Serve the pipeline as a scheduled Prefect deployment (needs a running Prefect server; see README)."""
-    from flows.pipeline import pipeline
-
-    pipeline.serve(name=name, cron=cron)
-
-
-@app.command()
 def stage(name: str = typer.Argument(..., help="ingest|validate|episodes|meta_train|adapt|evaluate|register|drift|summary"),
           domain: Optional[str] = typer.Argument(None, help="Domain name from params.yaml.")) -> None:
     """Run one stage in this process, without DVC or Prefect (for debugging)."""
@@ -76,45 +66,15 @@ def check_config(path: Path = typer.Option(PROJECT_ROOT / "params.yaml", help="p
         typer.echo(f"{name}: dataset={domain.dataset} k={domain.k} meta_sources={domain.meta_sources}")
 
 
-@app.command()
-def predict(domain: str = typer.Argument(..., help="Domain whose champion model to use."),
-            texts: list[str] = typer.Argument(None, help="Texts to classify (or use --file)."),
-            file: Optional[Path] = typer.Option(None, "--file", help="A CSV/TSV/JSONL/parquet file with a `text` column."),
-            model_dir: Optional[Path] = typer.Option(None, help="Use a model directory instead of the champion.")) -> None:
-    """Classify texts with a domain's registered champion (or a model directory); prints JSON lines."""
-    import pandas as pd
+def _register_command_groups() -> None:
+    """Commands live beside the feature they serve; each module adds its own to the one `app`."""
+    from flows import cli_orchestration, cli_serving
 
-    from components.data import read_texts
-
-    if file is not None:
-        texts = read_texts(file)
-    if not texts:
-        raise typer.BadParameter("give texts as arguments or --file")
-    if model_dir is not None:
-        from components.predictor import Predictor
-
-        predictor = Predictor.from_directory(model_dir)
-        frame = pd.DataFrame({"text": texts, "label": predictor.predict(texts)})
-    else:
-        from components.registry import load_champion
-
-        params = load_params()
-        params.domain(domain)
-        frame = load_champion(domain, params.registry, PROJECT_ROOT).predict(pd.DataFrame({"text": texts}))
-        frame.insert(0, "text", texts)
-    for row in frame.to_dict(orient="records"):
-        typer.echo(json.dumps(row, default=float))
+    for module in (cli_orchestration, cli_serving):
+        module.register(app)
 
 
-@app.command()
-def models() -> None:
-    """List each domain's registered champion (version, run, gate metric)."""
-    from components.registry import champion_info
-
-    params = load_params()
-    for name in params.domains:
-        info = champion_info(name, params.registry, PROJECT_ROOT)
-        typer.echo(f"{name}: " + (json.dumps(info, default=str) if info else "no champion yet"))
+_register_command_groups()
 
 
 def main() -> None:  # pragma: no cover - console entry point

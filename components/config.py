@@ -148,15 +148,25 @@ class AdaptConfig(_Strict):
 
 
 class DriftConfig(_Strict):
+    """Drift decision thresholds (components.drift / components.monitoring): what counts as drift, and why."""
+
     current_rows: int = Field(default=300, ge=10)
-    drift_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0,
+                               description="share of drifted descriptor/label columns that makes the data drift")
     max_embedding_dims: int = Field(default=32, ge=2)
+    embedding_alpha: float = Field(default=0.01, gt=0.0, lt=1.0,
+                                   description="family-wise K-S level over the embedding PCA components")
+    prediction_drift: bool = Field(default=True, description="a drifted predicted-label distribution counts as drift")
+    max_quality_drop: float = Field(default=0.1, ge=0.0, le=1.0,
+                                    description="accuracy drop vs the reference (labelled batches) that counts as drift")
+    min_rows: int = Field(default=20, ge=2, description="smallest batch monitor accepts")
 
 
 class RegistryConfig(_Strict):
     experiment: str = Field(default="metaadapt", min_length=1)
     tracking_uri: str | None = None
-    promote_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    promote_margin: float = Field(default=0.0, ge=-1.0, le=1.0,
+                                  description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
 
 
 class Params(_Strict):

@@ -2,12 +2,16 @@
 
 Each registration is one MLflow run (params, metrics, tags, report files) plus a models-from-code pyfunc
 (``components/pyfunc_model.py`` + the model directory) registered as ``metaadapt-<domain>``. The ``champion``
-alias moves to the new version only when its gate metric is no worse than the champion's (minus a tolerance),
-so a bad retrain is recorded for inspection but never served. No Prefect here: flows call these functions.
+alias moves to the new version only when its gate metric is >= the champion's + ``registry.promote_margin``;
+otherwise the new version gets the ``challenger`` alias, so a bad retrain is recorded for inspection but never
+served. The reason is kept as the version tag ``promotion_reason`` and on the run. Each run is tagged with the git
+commit (and whether the tree was dirty) and the md5s of the domain's prepared data from dvc.lock, so a version can
+be traced back to its code and data. No Prefect here: flows call these functions.
 """
 from __future__ import annotations
 
 import math
+import subprocess
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +27,7 @@ from components.config import RegistryConfig, flatten
 from components.model_io import verify
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"
 MAX_PARAM_CHARS = 6000          # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_KEY_CHARS = 250             # ... and longer param/tag keys
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -130,7 +135,7 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     use_experiment(config, root)
     name = registered_name(domain)
     with mlflow.start_run(run_name=f"adapt-{domain}", nested=mlflow.active_run() is not None) as run:
-        _log_run_data(metrics, params, {**tags, "domain": domain}, artifacts)
+        _log_run_data(metrics, params, {**tags, **provenance_tags(root, domain), "domain": domain}, artifacts)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
                                        artifacts={"model_dir": str(model_dir.resolve())},
                                        code_paths=[str(COMPONENTS_DIR)], pip_requirements=_requirements(),
@@ -139,7 +144,44 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     client = _client(config, root)
     client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
     client.set_model_version_tag(name, str(version), "gate_metric", gate_metric)
-    return _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_tolerance)
+    result = _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_margin)
+    client.set_tag(run.info.run_id, "promotion_reason", result.reason)
+    client.set_tag(run.info.run_id, "promoted", str(result.promoted).lower())
+    return result
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+def provenance_tags(root: Path, domain: str) -> dict[str, str]:
+    """git commit + dirty flag, and the md5s DVC recorded for the domain's prepared data (when known)."""
+    return {**_git_tags(Path(root)), **_dvc_data_tags(Path(root), domain)}
+
+
+def _git_tags(root: Path) -> dict[str, str]:
+    """The commit the model was built from; "unknown" outside a git checkout rather than failing a run."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def _dvc_data_tags(root: Path, domain: str) -> dict[str, str]:
+    """`dvc.data.<file>` = md5 of each output of the domain's ingest stage, read from dvc.lock."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    import yaml
+
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    outs = stages.get(f"ingest@{domain}", {}).get("outs", [])
+    return {f"dvc.data.{Path(o['path']).name}": str(o.get("md5")) for o in outs if "path" in o}
 
 
 def _gate_value(metrics: dict[str, float], gate_metric: str) -> float:
@@ -201,8 +243,8 @@ def _requirements() -> list[str]:
 
 
 def _apply_gate(client: MlflowClient, name: str, version: int, run_id: str, new_metric: float, gate_metric: str,
-                tolerance: float) -> RegistrationResult:
-    """Promote when there is no champion or new >= champion - tolerance; otherwise keep it and say why."""
+                margin: float) -> RegistrationResult:
+    """Promote when there is no champion or new >= champion + margin; otherwise make it the challenger, say why."""
     champion = _champion(client, name, gate_metric)
     previous = champion["metric"] if champion else None
     if champion is None:
@@ -210,15 +252,15 @@ def _apply_gate(client: MlflowClient, name: str, version: int, run_id: str, new_
     elif previous is None:
         promoted, reason = True, (f"champion v{champion['version']} has no recorded {gate_metric}; "
                                   f"v{version} ({gate_metric}={new_metric:.4f}) replaces it")
-    elif new_metric >= previous - tolerance:
+    elif new_metric >= previous + margin:
         promoted, reason = True, (f"v{version} {gate_metric}={new_metric:.4f} >= champion v{champion['version']} "
-                                  f"{previous:.4f} - tolerance {tolerance}; promoted")
+                                  f"{previous:.4f} + margin {margin}; promoted")
     else:
         promoted, reason = False, (f"v{version} {gate_metric}={new_metric:.4f} < champion v{champion['version']} "
-                                   f"{previous:.4f} - tolerance {tolerance}; champion kept")
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+                                   f"{previous:.4f} + margin {margin}; champion kept, v{version} is challenger")
+    client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
     client.set_model_version_tag(name, str(version), "promoted", str(promoted).lower())
+    client.set_model_version_tag(name, str(version), "promotion_reason", reason)
     champion_version = version if promoted else champion["version"]
     return RegistrationResult(name, version, run_id, promoted, reason, champion_version, previous)
 
@@ -239,6 +281,50 @@ def _champion(client: MlflowClient, name: str, gate_metric: str) -> dict[str, An
         metric = client.get_run(version.run_id).data.metrics.get(gate_metric)
     return {"version": int(version.version), "run_id": version.run_id,
             "metric": None if metric is None else float(metric)}
+
+
+def alias_versions(domain: str, config: RegistryConfig, root: Path) -> dict[str, dict[str, Any]]:
+    """{alias: details} for the domain's champion and challenger: version, metrics, registration time, reason.
+
+    What `metaadapt models` shows; empty when nothing is registered.
+    """
+    client = _client(config, root)
+    name = registered_name(domain)
+    found = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            continue
+        found[alias] = _version_details(client, version)
+    return found
+
+
+def _version_details(client: MlflowClient, version: Any) -> dict[str, Any]:
+    metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    return {"version": int(version.version), "run_id": version.run_id,
+            "registered_at": _utc(version.creation_timestamp),
+            "macro_f1": metrics.get("macro_f1"), "accuracy": metrics.get("accuracy"),
+            "promotion_reason": version.tags.get("promotion_reason", "")}
+
+
+def version_history(domain: str, config: RegistryConfig, root: Path) -> list[dict[str, Any]]:
+    """Every registered version of a domain, oldest first, with its metrics and whether it was promoted."""
+    client = _client(config, root)
+    try:
+        versions = client.search_model_versions(f"name='{registered_name(domain)}'")
+    except MlflowException:
+        return []
+    rows = [{**_version_details(client, v), "promoted": v.tags.get("promoted") == "true"} for v in versions]
+    return sorted(rows, key=lambda row: row["version"])
+
+
+def _utc(millis: int | None) -> str | None:
+    if millis is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def champion_info(domain: str, config: RegistryConfig, root: Path,

@@ -110,7 +110,7 @@ def test_first_registration_becomes_champion_and_serves(tiny_encoder, root):
 
 
 def test_gate_keeps_champion_on_worse_metric_and_promotes_better(tiny_encoder, root):
-    config = RegistryConfig(experiment="gate-test", promote_tolerance=0.01)
+    config = RegistryConfig(experiment="gate-test", promote_margin=-0.01)
     model_dir = make_model_dir(tiny_encoder, root / "model")
 
     assert register(root, model_dir, 0.80, config).promoted
@@ -124,7 +124,41 @@ def test_gate_keeps_champion_on_worse_metric_and_promotes_better(tiny_encoder, r
     assert "champion kept" in worse.reason and "v2" in worse.reason
     assert better.promoted and better.champion_version == 4 and better.previous_champion_metric == pytest.approx(0.795)
     assert registry.champion_info("toy", config, root)["version"] == 4
-    assert mlflow.MlflowClient().get_model_version("metaadapt-toy", "3").tags["promoted"] == "false"
+    client = mlflow.MlflowClient()
+    rejected = client.get_model_version("metaadapt-toy", "3")
+    assert rejected.tags["promoted"] == "false" and rejected.tags["promotion_reason"] == worse.reason
+    assert "challenger" in rejected.aliases and "champion kept" in client.get_run(worse.run_id).data.tags["promotion_reason"]
+
+    listed = registry.alias_versions("toy", config, root)
+    assert (listed["champion"]["version"], listed["challenger"]["version"]) == (4, 3)
+    assert listed["challenger"]["macro_f1"] == pytest.approx(0.60) and listed["champion"]["registered_at"].endswith("Z")
+    history = registry.version_history("toy", config, root)
+    assert [row["version"] for row in history] == [1, 2, 3, 4]
+    assert [row["promoted"] for row in history] == [True, True, False, True]
+
+
+def test_positive_margin_demands_a_real_improvement(tiny_encoder, root):
+    config = RegistryConfig(experiment="margin-test", promote_margin=0.05)
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    register(root, model_dir, 0.70, config)
+    small_gain = register(root, model_dir, 0.74, config)
+    assert not small_gain.promoted and small_gain.champion_version == 1 and "margin 0.05" in small_gain.reason
+
+
+def test_run_is_tagged_with_git_commit_and_dvc_data_hashes(tiny_encoder, root):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "init"], check=True)
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages:\n  ingest@toy:\n    outs:\n"
+                                   "    - path: data/prepared/toy/adapt.parquet\n      md5: abc123\n")
+    config = RegistryConfig(experiment="provenance-test")
+    result = register(root, make_model_dir(tiny_encoder, root / "model"), 0.5, config)
+    tags = mlflow.get_run(result.run_id).data.tags
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert tags["git_commit"] == head and tags["git_dirty"] in {"true", "false"}
+    assert tags["dvc.data.adapt.parquet"] == "abc123"
 
 
 def test_tampered_model_raises_and_registers_nothing(tiny_encoder, root):

@@ -7,7 +7,9 @@ What is compared, and why:
 - text descriptors (length in chars, word count, share of non-letter characters), not the raw
   text column: Evidently's raw-text drift trains a classifier and takes ~17 s per 200 rows;
 - the label column as a categorical (chi-square / Z-test), which also catches labels that
-  exist in only one of the two sets;
+  exist in only one of the two sets -- when both sets are labelled (a monitored batch may not be);
+- the model's predicted label (``prediction`` column, when both sets carry one): prediction drift
+  is visible on unlabelled batches, where label drift is not;
 - the sentence embeddings, PCA-reduced (see ``_reduce_embeddings``), one K-S test per
   component. Evidently's ``EmbeddingsDrift`` metric was not used: besides its drift test it
   always fits a t-SNE of up to 2500+2500 rows for its plot (0.7 s at 280 rows, 36 s at 2000
@@ -25,31 +27,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-TEXT, LABEL = "text", "label"
+TEXT, LABEL, PREDICTION = "text", "label", "prediction"
 # Embedding drift: a K-S test per PCA component at a Bonferroni-corrected level
 # (_EMB_FAMILY_ALPHA / n_components); the embeddings drift when ANY component drifts. The
 # family-wise false-alarm rate is about _EMB_FAMILY_ALPHA because PCA components are
 # uncorrelated. Evidently's "more than 20% of components drifted" rule (RatioDriftMethod) was
 # not used: it misses a strong shift confined to one or two directions (a new topic moving only
 # the top components).
-_EMB_FAMILY_ALPHA = 0.01
+_EMB_FAMILY_ALPHA = 0.01  # default of params.drift.embedding_alpha
 _EMB_PREFIX = "emb_pc"
 _DESCRIPTOR_COLUMNS = ("text_length", "text_word_count", "text_non_letter_pct")
-_MONITORED_COLUMNS = (*_DESCRIPTOR_COLUMNS, LABEL)
+DESCRIPTORS = _DESCRIPTOR_COLUMNS
 
 
 @dataclass(frozen=True)
 class DriftSummary:
     """Drift verdict plus the numbers behind it, small enough to log as metrics/params."""
 
-    dataset_drift: bool  # share of drifted columns >= drift_share OR embedding drift detected
-    drifted_columns: list[str]
-    drifted_share: float
+    dataset_drift: bool  # drifted share >= drift_share OR embedding drift OR prediction drift
+    drifted_columns: list[str]   # descriptors / label / prediction whose own test failed
+    drifted_share: float         # over descriptors + label (when both sets are labelled)
     embedding_drift: bool
     embedding_drift_score: float | None
     n_reference: int
     n_current: int
-    html_path: str
+    html_path: str | None
+    prediction_drift: bool | None = None   # None: no predictions to compare
+    reasons: list[str] | None = None       # why dataset_drift is what it is, in words
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (for MLflow, DVC metrics, Prefect artifacts)."""
@@ -62,20 +66,25 @@ def drift_report(
     *,
     reference_embeddings: np.ndarray,
     current_embeddings: np.ndarray,
-    html_path: Path,
+    html_path: Path | None,
     drift_share: float = 0.5,
     max_embedding_dims: int = 32,
+    embedding_alpha: float = _EMB_FAMILY_ALPHA,
 ) -> DriftSummary:
     """Compare current against reference, save a self-contained HTML report, summarise it.
 
-    Descriptor and label drift use Evidently's per-column defaults (K-S / chi-square / Z-test
-    at p < 0.05 for small sets, distances for large ones); per-column verdicts are read from
-    the report's own tests so that the summary agrees with what the HTML shows.
+    Descriptor, label and prediction drift use Evidently's per-column defaults (K-S /
+    chi-square / Z-test at p < 0.05 for small sets, distances for large ones); per-column
+    verdicts are read from the report's own tests so that the summary agrees with what the
+    HTML shows. ``html_path=None`` skips the HTML (benchmarks run hundreds of reports).
     """
     _check_inputs(reference, current, reference_embeddings, current_embeddings)
     ref_emb, cur_emb = _reduce_embeddings(reference_embeddings, current_embeddings, max_embedding_dims)
     emb_cols = [f"{_EMB_PREFIX}{i}" for i in range(ref_emb.shape[1])]
-    report = _build_report(drift_share, emb_cols)
+    shared = [c for c in (LABEL, PREDICTION) if c in reference.columns and c in current.columns]
+    monitored = [*_DESCRIPTOR_COLUMNS, *(c for c in shared if c == LABEL)]
+    report = _build_report(drift_share, emb_cols, [*monitored, *(c for c in shared if c == PREDICTION)],
+                           embedding_alpha)
     with warnings.catch_warnings():
         # A label present in one set only gives an expected count of 0 in scipy's chi-square:
         # the test correctly returns p=0 (drift) but warns "divide by zero" on the way.
@@ -84,28 +93,47 @@ def drift_report(
         # that Evidently draws divide by a zero std; the drift tests are unaffected.
         warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
         snapshot = report.run(
-            current_data=_to_dataset(current, cur_emb, emb_cols),
-            reference_data=_to_dataset(reference, ref_emb, emb_cols),
+            current_data=_to_dataset(current, cur_emb, emb_cols, shared),
+            reference_data=_to_dataset(reference, ref_emb, emb_cols, shared),
         )
-    html_path = Path(html_path)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(html_path))
+    if html_path is not None:
+        html_path = Path(html_path)
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html_path))
 
     result = snapshot.dict()
-    drifted_columns = [c for c in _drifted_columns(result) if c in _MONITORED_COLUMNS]
-    drifted_share = _drifted_share(result, _MONITORED_COLUMNS)
+    drifted_columns = [c for c in _drifted_columns(result) if c in (*monitored, PREDICTION)]
+    drifted_share = sum(c in drifted_columns for c in monitored) / len(monitored)  # prediction counts apart
     embedding_score = _drifted_share(result, emb_cols)  # share of drifted PCA components
     embedding_drift = embedding_score > 0
+    prediction_drift = (PREDICTION in drifted_columns) if PREDICTION in shared else None
+    reasons = _reasons(drifted_columns, drifted_share, drift_share, embedding_score, len(emb_cols), prediction_drift)
     return DriftSummary(
-        dataset_drift=bool(drifted_share >= drift_share or embedding_drift),
+        dataset_drift=bool(drifted_share >= drift_share or embedding_drift or prediction_drift),
         drifted_columns=drifted_columns,
         drifted_share=drifted_share,
         embedding_drift=embedding_drift,
         embedding_drift_score=embedding_score,
         n_reference=len(reference),
         n_current=len(current),
-        html_path=str(html_path),
+        html_path=None if html_path is None else str(html_path),
+        prediction_drift=prediction_drift,
+        reasons=reasons,
     )
+
+
+def _reasons(drifted: list[str], share: float, drift_share: float, emb_score: float, n_emb: int,
+             prediction_drift: bool | None) -> list[str]:
+    """The decision in words, one line per signal that fired (empty when nothing did)."""
+    reasons = []
+    columns = [c for c in drifted if c != PREDICTION]
+    if share >= drift_share:
+        reasons.append(f"{share:.0%} of monitored columns drifted (>= {drift_share:.0%}): {', '.join(columns)}")
+    if emb_score > 0:
+        reasons.append(f"embeddings drifted: {round(emb_score * n_emb)} of {n_emb} principal components")
+    if prediction_drift:
+        reasons.append("predicted-label distribution drifted")
+    return reasons
 
 
 def _check_inputs(
@@ -113,9 +141,8 @@ def _check_inputs(
 ) -> None:
     """Fail early with a clear message instead of deep inside Evidently or PCA."""
     for name, df, emb in (("reference", reference, ref_emb), ("current", current, cur_emb)):
-        missing = {TEXT, LABEL} - set(df.columns)
-        if missing:
-            raise ValueError(f"{name} frame lacks columns {sorted(missing)}")
+        if TEXT not in df.columns:
+            raise ValueError(f"{name} frame lacks a {TEXT!r} column; found {list(df.columns)}")
         if len(df) < 2:
             raise ValueError(f"{name} frame needs at least 2 rows for drift tests, has {len(df)}")
         if np.ndim(emb) != 2 or len(emb) != len(df):
@@ -145,17 +172,16 @@ def _reduce_embeddings(
     return pca.transform(ref), pca.transform(cur)
 
 
-def _to_dataset(df: pd.DataFrame, emb: np.ndarray, emb_cols: list[str]) -> Any:
-    """Evidently Dataset: text descriptors, label as categorical, PCA components as numerical."""
+def _to_dataset(df: pd.DataFrame, emb: np.ndarray, emb_cols: list[str], categorical: list[str]) -> Any:
+    """Evidently Dataset: text descriptors, label/prediction as categorical, PCA components as numerical."""
     from evidently import DataDefinition, Dataset
     from evidently import descriptors as D
 
-    frame = pd.DataFrame(
-        {TEXT: df[TEXT].fillna("").astype(str).to_numpy(), LABEL: df[LABEL].astype(str).to_numpy()}
-    )
+    frame = pd.DataFrame({TEXT: df[TEXT].fillna("").astype(str).to_numpy(),
+                          **{c: df[c].astype(str).to_numpy() for c in categorical}})
     frame = pd.concat([frame, pd.DataFrame(emb, columns=emb_cols)], axis=1)
     definition = DataDefinition(
-        text_columns=[TEXT], categorical_columns=[LABEL], numerical_columns=emb_cols
+        text_columns=[TEXT], categorical_columns=list(categorical), numerical_columns=emb_cols
     )
     length_col, words_col, nonletter_col = _DESCRIPTOR_COLUMNS
     descriptors = [
@@ -166,7 +192,7 @@ def _to_dataset(df: pd.DataFrame, emb: np.ndarray, emb_cols: list[str]) -> Any:
     return Dataset.from_pandas(frame, data_definition=definition, descriptors=descriptors)
 
 
-def _build_report(drift_share: float, emb_cols: list[str]) -> Any:
+def _build_report(drift_share: float, emb_cols: list[str], columns: list[str], embedding_alpha: float) -> Any:
     """Drift preset on descriptors + label; a drifted-columns count over the PCA components.
 
     The components get only a count (no per-column widgets): 32 per-column plots would triple
@@ -180,11 +206,11 @@ def _build_report(drift_share: float, emb_cols: list[str]) -> Any:
 
     return Report(
         [
-            DataDriftPreset(columns=list(_MONITORED_COLUMNS), drift_share=drift_share),
+            DataDriftPreset(columns=list(columns), drift_share=drift_share),
             DriftedColumnsCount(
                 columns=emb_cols,
                 num_method="ks",
-                num_threshold=_EMB_FAMILY_ALPHA / len(emb_cols),
+                num_threshold=embedding_alpha / len(emb_cols),
                 drift_share=1.0 / len(emb_cols),  # any drifted component
             ),
         ],

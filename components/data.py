@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import DatasetSpec
+from components.safety import UnsafeInputError, check_name, safe_child
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -80,7 +81,19 @@ def _select_columns(frame: pd.DataFrame, origin: object, text_column: str, label
     out = out[(out["text"] != "") & (out["label"] != "")].reset_index(drop=True)
     if out.empty:
         raise DataError(f"{origin}: no rows with both a text and a label")
+    _check_labels(out["label"].unique(), origin)
     return out
+
+
+def _check_labels(labels, origin: object) -> None:
+    """Labels become report rows, HTML and column names: no control characters, bounded length (components.safety)."""
+    from components.safety import UnsafeInputError, check_label
+
+    for label in labels:
+        try:
+            check_label(label)
+        except UnsafeInputError as error:
+            raise DataError(f"{origin}: {error}") from None
 
 
 def load_split(name: str, spec: DatasetSpec, split: str, mirror: Path | None, cache_dir: Path | None = None) -> pd.DataFrame:
@@ -104,9 +117,13 @@ def _local_file(name: str, spec: DatasetSpec, split: str, mirror: Path | None) -
     declared = Path(spec.files[split]).expanduser()
     if declared.is_absolute():
         return declared
-    if mirror is not None and (mirror / name / declared).is_file():
-        return mirror / name / declared
-    return None
+    if mirror is None:
+        return None
+    try:
+        candidate = safe_child(mirror / check_name("data set", name), declared)
+    except UnsafeInputError as error:
+        raise DataError(f"data set {name!r} split {split!r}: {error}") from None
+    return candidate if candidate.is_file() else None
 
 
 def _load_url(url: str, spec: DatasetSpec) -> pd.DataFrame:

@@ -5,25 +5,160 @@ differs from the manifest, so a truncated copy or a tampered file never serves p
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from components.meta import CosineClassifier, ProjectionHead
 
 MANIFEST = "model.json"
+SUPPORT = "support.json"      # the support texts and labels: what `metaadapt explain` shows as nearest examples
 FORMAT_VERSION = 1
 
 
 class ModelIntegrityError(RuntimeError):
     """A model directory is incomplete or does not match its manifest's checksums."""
+
+
+class StorageError(OSError):
+    """A file or directory could not be written (permissions, disk full, a file where a folder should be).
+
+    Raised after cleaning up: no temporary file is left behind and the previous content is intact.
+    """
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def _storage_error(path: Path, error: OSError) -> StorageError:
+    hint = {errno.ENOSPC: "the disk is full; free space and rerun",
+            errno.EDQUOT: "the disk quota is exceeded; free space and rerun",
+            errno.EACCES: "permission denied; make it writable or point the project elsewhere",
+            errno.EPERM: "operation not permitted; make it writable or point the project elsewhere",
+            errno.EROFS: "the file system is read-only",
+            errno.ENOTDIR: "a parent of this path is a file, not a directory",
+            errno.EEXIST: "a file is in the way where a directory is needed"}.get(error.errno, "")
+    return StorageError(f"cannot write {path}: {error.strerror or error}" + (f" ({hint})" if hint else ""))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: fsync the directory entry (not supported everywhere; best effort there)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary sibling, fsync and rename: readers see the old file or the new one."""
+    path = Path(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_directory(path.parent)
+    except OSError as error:
+        raise _storage_error(path, error) from error
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    """A safetensors file written atomically (tensors moved to the CPU and made contiguous first)."""
+    return atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def require_writable(directory: Path, purpose: str) -> Path:
+    """Fail early, before any expensive work, when `directory` cannot take a file (creates it if missing)."""
+    directory = Path(directory)
+    probe = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"0")
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise StorageError(f"{purpose} {directory} is not writable: {_storage_error(directory, error)}") from error
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: Path) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces `directory`, on failure it is removed.
+
+    A crash mid-write leaves only a hidden ``.<name>-*`` staging folder, never a half-written `directory`;
+    a failed write raises StorageError (for OSError) and keeps the previous `directory` as it was.
+    """
+    directory = Path(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    except OSError as error:
+        raise _storage_error(directory, error) from error
+    try:
+        yield staging
+        _swap_in(staging, directory)
+    except StorageError:
+        raise
+    except OSError as error:
+        raise _storage_error(directory, error) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace `directory` by `staging`; if the final rename fails the previous directory is put back."""
+    for path in staging.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    backup = directory.with_name(directory.name + ".old")
+    shutil.rmtree(backup, ignore_errors=True)
+    had_previous = directory.exists()
+    if had_previous:
+        os.replace(directory, backup)
+    try:
+        os.replace(staging, directory)
+    except OSError:
+        if had_previous:
+            os.replace(backup, directory)
+        raise
+    _fsync_directory(directory.parent)
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 @dataclass
@@ -37,6 +172,7 @@ class AdaptedModel:
     encoder_state: dict[str, torch.Tensor] | None = None   # LoRA adapter or full encoder weights
     lora: dict[str, Any] | None = None      # LoraConfig as a dict when scope == "lora"
     metadata: dict[str, Any] | None = None
+    support: dict[str, list[str]] | None = None   # {"texts": [...], "labels": [...]} the prototypes came from
 
     @property
     def labels(self) -> list[str]:
@@ -52,27 +188,25 @@ def sha256(path: Path) -> str:
 
 
 def save_model(model: AdaptedModel, directory: Path) -> Path:
-    """Write into a temporary sibling, then swap in: a crash mid-write never leaves a half model in place."""
+    """Write into a temporary sibling, then swap in: a crash mid-write never leaves a half model in place, and a
+    failed write (disk full, permissions) raises StorageError with the previous model untouched."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    tensors = {"head.safetensors": {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
-               "classifier.safetensors": {"weights": model.classifier.weights.detach().cpu().contiguous()}}
+    tensors = {"head.safetensors": model.head.state_dict(), "classifier.safetensors": {"weights": model.classifier.weights}}
     if model.encoder_state:
-        tensors["encoder.safetensors"] = {k: v.detach().cpu().contiguous() for k, v in model.encoder_state.items()}
-    for name, state in tensors.items():
-        save_file(state, str(staging / name))
-    manifest = {"format_version": FORMAT_VERSION, "labels": model.labels, "temperature": model.classifier.temperature,
-                "dim": int(model.classifier.weights.shape[1]), "encoder": model.encoder, "scope": model.scope,
-                "lora": model.lora, "adapt_info": _jsonable(model.classifier.info), "metadata": model.metadata or {},
-                "files": {name: sha256(staging / name) for name in tensors}}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    backup = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(backup, ignore_errors=True)
-        directory.rename(backup)
-    staging.rename(directory)
-    shutil.rmtree(backup, ignore_errors=True)
+        tensors["encoder.safetensors"] = model.encoder_state
+    with atomic_directory(directory) as staging:
+        for name, state in tensors.items():
+            atomic_save_tensors(state, staging / name)
+        names = list(tensors)
+        if model.support:
+            atomic_write_text(staging / SUPPORT, json.dumps(model.support, ensure_ascii=False))
+            names.append(SUPPORT)
+        manifest = {"format_version": FORMAT_VERSION, "labels": model.labels,
+                    "temperature": model.classifier.temperature, "dim": int(model.classifier.weights.shape[1]),
+                    "encoder": model.encoder, "scope": model.scope, "lora": model.lora,
+                    "adapt_info": _jsonable(model.classifier.info), "metadata": model.metadata or {},
+                    "files": {name: sha256(staging / name) for name in names}}
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return directory
 
 
@@ -111,5 +245,6 @@ def load_model(directory: Path) -> AdaptedModel:
     weights = load_file(str(directory / "classifier.safetensors"))["weights"]
     classifier = CosineClassifier(manifest["labels"], weights, manifest["temperature"], manifest.get("adapt_info", {}))
     encoder_state = load_file(str(directory / "encoder.safetensors")) if "encoder.safetensors" in manifest["files"] else None
+    support = json.loads((directory / SUPPORT).read_text(encoding="utf-8")) if SUPPORT in manifest["files"] else None
     return AdaptedModel(head.eval(), classifier, manifest["encoder"], manifest["scope"], encoder_state,
-                        manifest.get("lora"), manifest.get("metadata"))
+                        manifest.get("lora"), manifest.get("metadata"), support)

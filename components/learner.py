@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from components.config import Params
 from components.encoder import TextEncoder, load_encoder, pick_device
-from components.meta import EmbedFn, Learner, ProjectionHead, adapt_select, zero_shot
+from components.meta import EmbedFn, Extras, Learner, ProjectionHead, adapt_select, make_extras, zero_shot
 from components.model_io import AdaptedModel, save_model
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
 
@@ -75,6 +75,36 @@ def label_prompt(label: str, descriptions: dict[str, str]) -> str:
     return descriptions.get(label) or label.replace("_", " ").replace("-", " ")
 
 
+def support_extras(params: Params, support: pd.DataFrame, vectors: torch.Tensor, encoder: TextEncoder,
+                   labels: list[str]) -> Extras | None:
+    """Augmented support rows per ``params.augment`` (None when support-set augmentation is off).
+
+    Text copies go through the same encoder as the support set; paraphrases (opt-in) are loaded only when enabled.
+    """
+    from components.augment import augment_support, plan_from_config
+
+    plan = plan_from_config(params.augment)
+    if not plan.active:
+        return None
+    paraphrase = None
+    if plan.paraphrase_copies:
+        from components.paraphrase import paraphraser_from_config
+
+        paraphrase = paraphraser_from_config(params.augment.paraphrase, encoder, params.encoder.batch_size)
+    seed = params.seed if params.augment.seed is None else params.augment.seed
+    extra = augment_support(support["text"].tolist(), support["label"].tolist(), vectors.cpu().numpy(), plan, seed,
+                            lambda texts: encoder.encode(texts, params.encoder.batch_size), paraphrase)
+    return make_extras(extra.vectors, extra.labels, extra.origins, labels, vectors.device)
+
+
+def support_record(support: pd.DataFrame, labels: list[str], descriptions: dict[str, str]) -> dict[str, list[str]]:
+    """The examples the prototypes were built from, saved with the model so predictions can be explained
+    (zero-shot: the label prompts)."""
+    if len(support):
+        return {"texts": support["text"].astype(str).tolist(), "labels": support["label"].astype(str).tolist()}
+    return {"texts": [label_prompt(label, descriptions) for label in labels], "labels": list(labels)}
+
+
 def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFrame, labels: list[str],
                  descriptions: dict[str, str], out_dir: Path) -> dict:
     """Embed the support set (fresh, not cached: this is the adaptation a user waits for) and adapt; save."""
@@ -84,12 +114,13 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     head = head.to(device)
     if len(support):
         vectors = torch.as_tensor(encoder.encode(support["text"].tolist(), params.encoder.batch_size), device=device)
+        extras = support_extras(params, support, vectors, encoder, labels)
         embedded = time.perf_counter()
         candidates = {"meta": head}
         if params.adapt.select_head:
             candidates["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init).to(device)
         _, head, classifier = adapt_select(candidates, vectors, support["label"].tolist(), params.adapt,
-                                           params.seed, label_order=labels)
+                                           params.seed, label_order=labels, extras=extras)
     else:
         prompts = [label_prompt(label, descriptions) for label in labels]
         vectors = torch.as_tensor(encoder.encode(prompts, params.encoder.batch_size), device=device)
@@ -104,5 +135,6 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     save_model(model, out_dir)
     return {"steps": classifier.info.get("steps", 0), "cv_scores": classifier.info.get("cv_scores", {}),
             "head": classifier.info.get("head", "meta"), "head_cv_scores": classifier.info.get("head_cv_scores", {}),
+            "augmented_rows": classifier.info.get("augmented_rows", 0),
             "adapt_seconds": finished - embedded, "embed_support_seconds": embedded - started,
             "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}

@@ -298,9 +298,32 @@ def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(assignment == f) for f in range(folds)]
 
 
+@dataclass
+class Extras:
+    """Augmented rows added to a support set: ``origins[r]`` = the support rows (a pair) extra row r came from."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    origins: np.ndarray
+
+
+def _fold_train(x: torch.Tensor, y: torch.Tensor, held: np.ndarray, extras: Extras | None):
+    """Training rows of one CV fold: the support rows not held out, plus the augmented rows none of whose origins
+    is held out (a held-out example's copies and mixes stay out of training, so the fold's score does not leak)."""
+    train = np.setdiff1d(np.arange(len(y)), held)
+    if extras is None or not len(extras.y):
+        return x[train], y[train]
+    keep = torch.as_tensor(~np.isin(extras.origins, held).any(axis=1))
+    return torch.cat([x[train], extras.x[keep]]), torch.cat([y[train], extras.y[keep]])
+
+
 def choose_steps(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int, config: AdaptConfig,
-                 seed: int) -> tuple[int, dict[int, float]]:
-    """Pick the fine-tuning step count by k-fold cross-validation on the support set; ties go to fewer steps."""
+                 seed: int, extras: Extras | None = None) -> tuple[int, dict[int, float]]:
+    """Pick the fine-tuning step count by k-fold cross-validation on the support set; ties go to fewer steps.
+
+    Folds are drawn over the original support rows and scored on held-out originals only; augmented ``extras``
+    join a training fold only when all of their origins are in it.
+    """
     counts = np.bincount(y.cpu().numpy(), minlength=n)
     if counts.min() < config.cv_folds or len(config.step_candidates) == 1:
         return min(config.step_candidates), {}
@@ -308,8 +331,8 @@ def choose_steps(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
     candidates = sorted(set(config.step_candidates))
     correct = dict.fromkeys(candidates, 0)
     for held in folds:
-        train = np.setdiff1d(np.arange(len(y)), held)
-        path = _finetune_checkpoints(head, x[train], y[train], n, candidates, config.lr)
+        x_train, y_train = _fold_train(x, y, held, extras)
+        path = _finetune_checkpoints(head, x_train, y_train, n, candidates, config.lr)
         with torch.no_grad():
             z_held = head(x[held])
             for steps, weights in path.items():
@@ -319,9 +342,23 @@ def choose_steps(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
     return min(s for s, v in scores.items() if v >= best - 1e-12), scores
 
 
+def make_extras(vectors, extra_labels: Sequence[str], origins, labels: Sequence[str], device) -> Extras:
+    """Augmented support rows as tensors (labels as indices into the domain's label order)."""
+    unknown = sorted(set(extra_labels) - set(labels))
+    if unknown:
+        raise ValueError(f"augmented rows carry label(s) {unknown} that are not among the domain's labels {list(labels)}")
+    return Extras(torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device),
+                  torch.tensor([list(labels).index(label) for label in extra_labels], dtype=torch.long, device=device),
+                  np.asarray(origins, dtype=int).reshape(-1, 2))
+
+
 def adapt(head: ProjectionHead, support: torch.Tensor, support_labels: Sequence[str], config: AdaptConfig,
-          seed: int, label_order: Sequence[str] | None = None) -> CosineClassifier:
-    """Few-shot adaptation from embedded support examples: prototypes, then CV-chosen fine-tuning steps."""
+          seed: int, label_order: Sequence[str] | None = None, extras: Extras | None = None) -> CosineClassifier:
+    """Few-shot adaptation from embedded support examples: prototypes, then CV-chosen fine-tuning steps.
+
+    ``extras`` (augmented rows, see components.augment) join the prototypes and the fine-tuning; the step count's
+    cross-validation keeps each held-out example's augmented rows out of its training folds.
+    """
     labels = list(label_order) if label_order else sorted(set(support_labels))
     unknown = sorted(set(support_labels) - set(labels))
     if unknown:
@@ -336,37 +373,38 @@ def adapt(head: ProjectionHead, support: torch.Tensor, support_labels: Sequence[
         if config.method == "proto":
             steps, scores = 0, {}
         else:
-            steps, scores = choose_steps(head, support, y, len(labels), config, seed)
-        weights = _finetune(head, support, y, len(labels), steps, config.lr)
+            steps, scores = choose_steps(head, support, y, len(labels), config, seed, extras)
+        x_all, y_all = (support, y) if extras is None else (torch.cat([support, extras.x]), torch.cat([y, extras.y]))
+        weights = _finetune(head, x_all, y_all, len(labels), steps, config.lr)
     info = {"steps": steps, "cv_scores": scores, "seconds": time.perf_counter() - started,
-            "support_size": len(support_labels)}
+            "support_size": len(support_labels), "augmented_rows": 0 if extras is None else len(extras.y)}
     return CosineClassifier(labels, weights, head.temperature.item(), info)
 
 
 def adapt_select(heads: dict[str, ProjectionHead], support: torch.Tensor, support_labels: Sequence[str],
-                 config: AdaptConfig, seed: int, label_order: Sequence[str] | None = None
-                 ) -> tuple[str, ProjectionHead, CosineClassifier]:
+                 config: AdaptConfig, seed: int, label_order: Sequence[str] | None = None,
+                 extras: Extras | None = None) -> tuple[str, ProjectionHead, CosineClassifier]:
     """Adapt with the head whose support-set cross-validation accuracy is best (first listed wins ties).
 
     Why: meta-training on source tasks that do not transfer (measured: CLINC/SNIPS for Banking77) can cost a point
     or two; the support set alone, never the test set, decides whether to keep the meta-trained head.
     """
     with small_ops_threading():
-        return _adapt_select(heads, support, support_labels, config, seed, label_order)
+        return _adapt_select(heads, support, support_labels, config, seed, label_order, extras)
 
 
-def _adapt_select(heads, support, support_labels, config, seed, label_order):
+def _adapt_select(heads, support, support_labels, config, seed, label_order, extras=None):
     """The body of adapt_select, run inside its threading context."""
     labels = list(label_order) if label_order else sorted(set(support_labels))
     y = torch.tensor([labels.index(label) for label in support_labels if label in labels], device=support.device)
     scores: dict[str, float] = {}
     if len(heads) > 1 and config.method != "proto" and len(y) == len(support_labels):
         for name, head in heads.items():
-            cv = choose_steps(head.eval(), support, y, len(labels), config, seed)[1]
+            cv = choose_steps(head.eval(), support, y, len(labels), config, seed, extras)[1]
             scores[name] = max(cv.values()) if cv else float("nan")
     valid = {name: score for name, score in scores.items() if score == score}
     chosen = max(valid, key=lambda name: (valid[name], -list(heads).index(name))) if valid else next(iter(heads))
-    classifier = adapt(heads[chosen], support, support_labels, config, seed, label_order)
+    classifier = adapt(heads[chosen], support, support_labels, config, seed, label_order, extras)
     classifier.info.update(head=chosen, head_cv_scores=scores)
     return chosen, heads[chosen], classifier
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MIRROR_ENV = "METAADAPT_DATA_MIRROR"
+TRACKING_ENV = "METAADAPT_TRACKING_URI"   # overrides registry.tracking_uri; the place for a URI with credentials
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,6 +51,21 @@ class DatasetSpec(_Strict):
     def _has_a_source(self) -> DatasetSpec:
         if not (self.files or self.hub or self.url):
             raise ValueError("a data set needs `files`, `hub` or `url`")
+        return self
+
+    @model_validator(mode="after")
+    def _files_are_safe(self) -> DatasetSpec:
+        """Split names are path-safe; a relative file stays inside the mirror (absolute paths are the user's own)."""
+        from components.safety import check_name, check_relative_path, has_credentials, redact_uri
+
+        for split, file in self.files.items():
+            check_name("split", split)
+            if not Path(file).expanduser().is_absolute():
+                check_relative_path(file)
+        for url in self.url.values():
+            if has_credentials(url):
+                raise ValueError(f"url {redact_uri(url)!r} carries credentials; pass them through the environment "
+                                 f"(e.g. a credentials file or signed URL created at run time), not params.yaml")
         return self
 
     @property
@@ -141,6 +157,7 @@ class MetaConfig(_Strict):
 
 class AdaptConfig(_Strict):
     method: Literal["proto", "proto_finetune"] = "proto_finetune"
+    checkpoint_every: int = Field(default=500, ge=0, description="episodes between resumable checkpoints; 0 = none")
     step_candidates: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40, 80], min_length=1)
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     cv_folds: int = Field(default=2, ge=2, le=10)
@@ -272,6 +289,40 @@ def _domain_reference_problems(name: str, domain: DomainConfig, datasets: dict[s
 
 def _format_validation_error(error: ValidationError, path: Path) -> str:
     lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    @model_validator(mode="after")
+    def _names_are_safe(self) -> Params:
+        """Domain and data set names become directory names; label names end up in reports (components.safety)."""
+        from components.safety import check_label, check_name
+
+        for name in self.datasets:
+            check_name("data set", name)
+        for name, domain in self.domains.items():
+            check_name("domain", name)
+            for label in domain.label_descriptions:
+                check_label(label, kind=f"domains.{name}.label_descriptions label")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracking_uri_from_env(cls, data: Any) -> Any:
+        """Refuse credentials in params.yaml's tracking URI; take $METAADAPT_TRACKING_URI (which may hold them).
+
+        Only METAADAPT_TRACKING_URI, not MLFLOW_TRACKING_URI: MLflow writes the latter into os.environ whenever
+        a process sets a tracking URI, so it would leak one project root's store into the next load.
+        """
+        from components.safety import has_credentials, redact_uri
+
+        registry = data.get("registry") if isinstance(data, dict) else None
+        if registry is not None and not isinstance(registry, dict):
+            return data
+        given = (registry or {}).get("tracking_uri")
+        if isinstance(given, str) and has_credentials(given):
+            raise ValueError(f"registry.tracking_uri {redact_uri(given)!r} carries credentials: params.yaml is "
+                             f"committed; set ${TRACKING_ENV} (or MLFLOW_TRACKING_USERNAME/PASSWORD) instead")
+        if os.environ.get(TRACKING_ENV):
+            return {**data, "registry": {**(registry or {}), "tracking_uri": os.environ[TRACKING_ENV]}}
+        return data
+
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<top level>"
         given = item.get("input")

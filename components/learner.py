@@ -13,12 +13,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from components.config import Params
 from components.encoder import TextEncoder, load_encoder, pick_device
 from components.meta import EmbedFn, Extras, Learner, ProjectionHead, adapt_select, make_extras, zero_shot
-from components.model_io import AdaptedModel, save_model
+from components.model_io import (AdaptedModel, ModelIntegrityError, atomic_directory, atomic_save_tensors,
+                                 atomic_write_text, save_model, sha256)
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
 
 
@@ -50,22 +51,41 @@ def embed_fn(scope: str, vectors: torch.Tensor, texts: Sequence[str], encoder: T
 
 
 def save_learner(learner: Learner, encoder: TextEncoder | None, params: Params, directory: Path, summary: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in learner.head.state_dict().items()},
-              str(directory / "head.safetensors"))
+    """Head (+ encoder delta) as safetensors and meta.json with their SHA-256, swapped in atomically."""
+    tensors = {"head.safetensors": learner.head.state_dict()}
     delta = encoder_delta(encoder, params.meta.scope) if encoder is not None else None
     if delta:
-        save_file({k: v.contiguous() for k, v in delta.items()}, str(directory / "encoder.safetensors"))
-    (directory / "meta.json").write_text(json.dumps({**summary, "scope": params.meta.scope}, indent=2), encoding="utf-8")
+        tensors["encoder.safetensors"] = delta
+    with atomic_directory(directory) as staging:
+        for name, state in tensors.items():
+            atomic_save_tensors(state, staging / name)
+        files = {name: sha256(staging / name) for name in tensors}
+        atomic_write_text(staging / "meta.json",
+                          json.dumps({**summary, "scope": params.meta.scope, "files": files}, indent=2))
+
+
+def _verified_meta(directory: Path) -> dict:
+    """meta.json after checking each listed weights file against its SHA-256 (a tampered head is refused)."""
+    path = directory / "meta.json"
+    if not path.is_file():
+        raise ModelIntegrityError(f"{directory}: no meta.json; run the meta_train stage first")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if "files" not in meta:
+        raise ModelIntegrityError(f"{directory}: meta.json lists no checksums (written by an older version); "
+                                  f"rerun the meta_train stage")
+    for name, expected in meta["files"].items():
+        if not (directory / name).is_file() or sha256(directory / name) != expected:
+            raise ModelIntegrityError(f"{directory / name}: missing or checksum mismatch; refusing to load")
+    return meta
 
 
 def load_learner(directory: Path, params: Params) -> tuple[ProjectionHead, TextEncoder, dict | None]:
     """The meta-trained head and an encoder with the meta-trained delta applied (frozen, for adaptation)."""
-    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    meta = _verified_meta(directory)
     state = load_file(str(directory / "head.safetensors"))
     head = ProjectionHead(state["linear.weight"].shape[0])
     head.load_state_dict(state)
-    delta = load_file(str(directory / "encoder.safetensors")) if (directory / "encoder.safetensors").is_file() else None
+    delta = load_file(str(directory / "encoder.safetensors")) if "encoder.safetensors" in meta["files"] else None
     encoder = restore_encoder(load_encoder(params.encoder), meta["scope"], params.meta.lora.model_dump(), delta)
     return head.eval(), encoder, delta
 

@@ -98,6 +98,8 @@ class DomainConfig(_Strict):
     meta_sources: list[str] = Field(default_factory=list)
     meta_max_rows_per_source: int | None = Field(default=None, ge=4, description="overrides limits.meta_max_rows_per_source")
     label_descriptions: dict[str, str] = Field(default_factory=dict)
+    new_labels: list[str] = Field(default_factory=list, description="labels a user declares as new: an incoming "
+                                  "batch may carry them although the adaptation pool does not (yet)")
 
 
 class LimitsConfig(_Strict):
@@ -228,6 +230,23 @@ class DriftConfig(_Strict):
     min_rows: int = Field(default=20, ge=2, description="smallest batch monitor accepts")
 
 
+class ValidationConfig(_Strict):
+    """Great Expectations checks shared by every suite (data.max_text_chars bounds text length)."""
+
+    min_text_chars: int = Field(default=1, ge=1, le=1000)
+    max_duplicate_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="share of rows whose text repeats")
+    quarantine_dir: str = Field(default="data/quarantine", min_length=1, description="rejected batches go to "
+                                "<quarantine_dir>/<domain>/<UTC timestamp>/ (relative to the project root)")
+    data_docs_dir: str = Field(default="reports/data_docs", min_length=1)
+
+
+class RegistryConfig(_Strict):
+    experiment: str = Field(default="metaadapt", min_length=1)
+    tracking_uri: str | None = None
+    promote_margin: float = Field(default=0.0, ge=-1.0, le=1.0,
+                                  description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
+
+
 class RegistryConfig(_Strict):
     experiment: str = Field(default="metaadapt", min_length=1)
     tracking_uri: str | None = None
@@ -248,6 +267,7 @@ class Params(_Strict):
     augment: AugmentationConfig = AugmentationConfig()
     drift: DriftConfig = DriftConfig()
     registry: RegistryConfig = RegistryConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Params:

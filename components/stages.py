@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -101,30 +102,23 @@ def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 
 
 def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Great Expectations suites on every table of the domain; any failure stops the domain here."""
-    from components.validation import require_valid, validate_labelled_frame
+    """GE suites per role (adaptation pool, evaluation split, each meta-training source); a failure stops the domain.
+
+    The result JSON and the Data Docs are written before raising, so a failed run can be read in the browser;
+    nothing downstream (models, the registry champion) runs or changes.
+    """
+    from components.validation import SuiteRunner, outcome_payload, require_valid, validate_domain
 
     paths = StagePaths(root, domain)
-    adapt = pd.read_parquet(paths.prepared / "adapt.parquet")
-    labels = sorted(adapt["label"].unique())
-    k = params.domain(domain).k
-    checks = {
-        "adapt": (adapt, labels, max(k, params.data.min_rows_per_label)),
-        "eval": (pd.read_parquet(paths.prepared / "eval.parquet"), labels, 1),
-        "meta_pool": (pd.read_parquet(paths.prepared / "meta_pool.parquet"), None, 1),
-    }
-    outcomes = {}
-    for name, (frame, allowed, min_rows) in checks.items():
-        if frame.empty and name == "meta_pool":
-            continue
-        outcomes[name] = validate_labelled_frame(frame[["text", "label"]], name=f"{domain}.{name}", allowed_labels=allowed,
-                                                 min_rows_per_label=min_rows, max_text_chars=params.data.max_text_chars,
-                                                 max_duplicate_fraction=0.5)
-    summary = {name: {"success": o.success, "failures": o.failures, "statistics": o.statistics}
+    tables = {name: pd.read_parquet(paths.prepared / f"{name}.parquet") for name in ("adapt", "eval", "meta_pool")}
+    runner = SuiteRunner()
+    outcomes = validate_domain(params, domain, tables["adapt"], tables["eval"], tables["meta_pool"], runner)
+    docs = runner.build_data_docs(root / params.validation.data_docs_dir / domain)
+    summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "statistics": o.statistics}
                for name, o in outcomes.items()}
     _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
-                                             "suites": summary,
-                                             "results": {n: o.result_json for n, o in outcomes.items()}})
+                                             "suites": summary, "data_docs": str(docs.relative_to(root.resolve())),
+                                             "results": {n: outcome_payload(o)["result"] for n, o in outcomes.items()}})
     for outcome in outcomes.values():
         require_valid(outcome)
     return summary
@@ -333,9 +327,18 @@ def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
     caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
     payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(root / "reports" / "summary.json", payload)
-    (root / "reports" / "summary.md").write_text(render_summary(rows, caps, params.encoder.name), encoding="utf-8")
-    print(render_summary(rows, caps, params.encoder.name))
+    text = render_summary(rows, caps, params.encoder.name) + render_data_docs_links(params, root)
+    (root / "reports" / "summary.md").write_text(text, encoding="utf-8")
+    print(text)
     return payload
+
+
+def render_data_docs_links(params: Params, root: Path) -> str:
+    """Links (relative to reports/summary.md) to each domain's Great Expectations Data Docs, where they exist."""
+    docs = root / params.validation.data_docs_dir
+    links = [f"[{d}]({Path(os.path.relpath(docs / d / 'index.html', root / 'reports')).as_posix()})"
+             for d in params.domains if (docs / d / "index.html").is_file()]
+    return f"\nData validation (Great Expectations Data Docs): {', '.join(links)}\n" if links else ""
 
 
 def render_summary(rows: list[dict], caps: str, encoder: str) -> str:

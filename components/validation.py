@@ -1,4 +1,11 @@
-"""Data validation of labelled text frames with Great Expectations (GE 1.x).
+"""Data validation of labelled text frames with Great Expectations (GE 1.x), one suite per data role.
+
+Roles (each an explicit GE ``ExpectationSuite`` named ``metaadapt.<domain>.<role>``, built in code from params):
+
+- ``meta_source.<source>``: one meta-training source data set (validated separately per source),
+- ``adapt``: the domain's adaptation pool (support sets are sampled from it),
+- ``eval``: the domain's held-out evaluation split,
+- ``batch``: a user's incoming labelled batch (see components.quarantine).
 
 Prefect-free on purpose: flows wrap these functions in tasks, tests call them directly.
 ``great_expectations`` is imported inside functions because its import costs several
@@ -8,18 +15,45 @@ seconds, which every CLI command and test collection would otherwise pay.
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from components.data import text_hash
+
 TEXT, LABEL = "text", "label"
+TEXT_KEY = "text_key"  # sha1 of the normalised text, added only for the leakage expectation
 REQUIRED_COLUMNS = (TEXT, LABEL)
+DOCS_SITE = "metaadapt_docs"  # `local_site` is taken in GE's ephemeral context
 _MAX_EXAMPLES = 3
 _MAX_EXAMPLE_CHARS = 40
+_MAX_STORED_CHARS = 500  # longer strings (a 1 MB text) are cut in stored JSON
+LEAKAGE_NOTE = "no text may equal (after case/whitespace normalisation) a text of the domain's evaluation split"
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """Everything one role's suite is built from; the role functions below fill it from params."""
+
+    domain: str
+    role: str
+    allowed_labels: tuple[str, ...] | None
+    min_rows_per_label: int
+    max_text_chars: int
+    min_text_chars: int = 1
+    max_duplicate_fraction: float = 0.5
+    exact_columns: bool = False           # a user batch may not carry extra columns
+    require_every_label: bool = False     # the adaptation pool must cover every label
+    banned_text_keys: frozenset[str] = frozenset()  # text_hash of evaluation texts (leakage)
+
+    @property
+    def name(self) -> str:
+        return f"metaadapt.{self.domain}.{self.role}"
 
 
 @dataclass(frozen=True)
@@ -31,6 +65,8 @@ class ValidationOutcome:
     failures: list[str]
     statistics: dict[str, Any]
     result_json: dict[str, Any]
+    failed_checks: list[str] = field(default_factory=list)   # expectation types (or pandas/read check names)
+    example_rows: list[int] = field(default_factory=list)    # frame row numbers (0-based) that broke a check
 
 
 class DataValidationError(ValueError):
@@ -40,6 +76,161 @@ class DataValidationError(ValueError):
         self.outcome = outcome
         lines = "\n".join(f"  - {line}" for line in outcome.failures)
         super().__init__(f"data validation '{outcome.name}' failed:\n{lines}")
+
+
+# --------------------------------------------------------------------------- suites per role
+
+
+def meta_source_spec(params: Any, domain: str, source: str, eval_texts: Iterable[str] = ()) -> SuiteSpec:
+    """A meta-training source: any labels, enough rows per label to sample episodes, no evaluation text."""
+    return _spec(params, domain, f"meta_source.{source}", None, params.data.min_rows_per_label,
+                 banned_text_keys=text_keys(eval_texts))
+
+
+def adapt_spec(params: Any, domain: str, labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
+    """The adaptation pool: every label present with at least K rows (K-shot support sets), no evaluation text."""
+    k = params.domain(domain).k
+    return _spec(params, domain, "adapt", labels, max(k, params.data.min_rows_per_label),
+                 require_every_label=True, banned_text_keys=text_keys(eval_texts))
+
+
+def eval_spec(params: Any, domain: str, labels: Sequence[str]) -> SuiteSpec:
+    """The evaluation split: exactly the labels the domain is adapted to (the adaptation pool's), each present."""
+    return _spec(params, domain, "eval", labels, 1, require_every_label=True)
+
+
+def batch_spec(params: Any, domain: str, known_labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
+    """A user's incoming batch: exactly text,label; known or declared-new labels; K rows per label it has."""
+    config = params.domain(domain)
+    labels = sorted(set(known_labels) | set(config.new_labels))
+    return _spec(params, domain, "batch", labels, max(config.k, 1), exact_columns=True,
+                 banned_text_keys=text_keys(eval_texts))
+
+
+def validate_domain(params: Any, domain: str, adapt: pd.DataFrame, evaluation: pd.DataFrame,
+                    meta_pool: pd.DataFrame, runner: SuiteRunner | None = None) -> dict[str, ValidationOutcome]:
+    """Every suite of a domain's prepared tables: adaptation pool, evaluation split, each meta-training source."""
+    runner = runner or SuiteRunner()
+    labels = sorted(adapt[LABEL].dropna().unique()) if LABEL in adapt.columns else []
+    eval_texts = evaluation[TEXT].tolist() if TEXT in evaluation.columns else []
+    outcomes = {"adapt": validate_frame(_pair(adapt), adapt_spec(params, domain, labels, eval_texts), runner),
+                "eval": validate_frame(_pair(evaluation), eval_spec(params, domain, labels), runner)}
+    if len(meta_pool) and "source" in meta_pool.columns:
+        for source, rows in meta_pool.groupby("source", sort=True):
+            spec = meta_source_spec(params, domain, str(source), eval_texts)
+            outcomes[f"meta_source.{source}"] = validate_frame(_pair(rows), spec, runner)
+    return outcomes
+
+
+def _pair(frame: pd.DataFrame) -> pd.DataFrame:
+    """The text,label columns (whichever exist), re-indexed so reported rows are positions."""
+    return frame[[c for c in REQUIRED_COLUMNS if c in frame.columns]].reset_index(drop=True)
+
+
+def _spec(params: Any, domain: str, role: str, labels: Sequence[str] | None, min_rows: int, **extra: Any) -> SuiteSpec:
+    checks = params.validation
+    return SuiteSpec(domain=domain, role=role, allowed_labels=tuple(labels) if labels is not None else None,
+                     min_rows_per_label=min_rows, max_text_chars=params.data.max_text_chars,
+                     min_text_chars=checks.min_text_chars, max_duplicate_fraction=checks.max_duplicate_fraction,
+                     **extra)
+
+
+def text_keys(texts: Iterable[str]) -> frozenset[str]:
+    """Leakage keys: the same normalised hash components.prepare uses to remove evaluation overlap."""
+    return frozenset(text_hash(t) for t in texts if isinstance(t, str))
+
+
+def build_suite(spec: SuiteSpec, columns: Iterable[str], runner: SuiteRunner) -> Any:
+    """The role's GE ExpectationSuite, added to the runner's context (GE suites need a live context)."""
+    return runner.add_suite(spec.name, _build_expectations(spec, set(columns)))
+
+
+# --------------------------------------------------------------------------- running
+
+
+class SuiteRunner:
+    """One ephemeral GE context holding the suites and results of one validation pass (for Data Docs).
+
+    A context is cheap (milliseconds); the GE import is what costs, and it is paid once per process.
+    Suites never leak between runners, and a name used twice in one runner gets a suffix.
+    """
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        uid = uuid.uuid4().hex[:8]
+        self._asset = self.context.data_sources.add_pandas(f"pandas-{uid}").add_dataframe_asset(f"frames-{uid}")
+        self._names: set[str] = set()
+
+    def add_suite(self, name: str, expectations: list[Any]) -> Any:
+        import great_expectations as gx
+
+        suite = self.context.suites.add(gx.ExpectationSuite(name=self._unique(name)))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        return suite
+
+    def run(self, frame: pd.DataFrame, suite: Any) -> dict[str, Any]:
+        import great_expectations as gx
+
+        name = suite.name
+        batch = self._asset.add_batch_definition_whole_dataframe(f"batch-{name}")
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validation-{name}", data=batch, suite=suite))
+        return definition.run(batch_parameters={"dataframe": frame}).to_json_dict()
+
+    def _unique(self, name: str) -> str:
+        candidate, n = name, 1
+        while candidate in self._names:
+            n += 1
+            candidate = f"{name}.{n}"
+        self._names.add(candidate)
+        return candidate
+
+    def build_data_docs(self, site_dir: Path) -> Path:
+        """Render every suite and result of this runner as GE Data Docs (offline HTML); return index.html.
+
+        The directory is replaced, so pages of an earlier run never linger beside this run's.
+        """
+        site_dir = Path(site_dir).resolve()
+        if site_dir.exists():
+            shutil.rmtree(site_dir)
+        self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        self.context.build_data_docs(site_names=[DOCS_SITE])
+        return site_dir / "index.html"
+
+
+def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None = None) -> ValidationOutcome:
+    """Validate a text,label frame against the role's suite.
+
+    Everything GE can express runs in GE, so the stored result is GE's own. The per-label
+    minimum row count has no GE expectation; it is checked in pandas and reported as a
+    separate, clearly labelled "[pandas check]" failure line.
+    """
+    runner = runner or SuiteRunner()
+    frame = _with_text_keys(df, spec)
+    suite = build_suite(spec, frame.columns, runner)
+    expectations = list(suite.expectations)
+    result_json = runner.run(frame, suite)
+    failed = _ordered_failed_results(result_json, expectations)
+    failures = [_describe_failure(r, df) for r in failed]
+    checks = [r["expectation_config"]["type"] for r in failed]
+    rows = _example_rows(failed)
+    labels = list(spec.allowed_labels) if spec.require_every_label and spec.allowed_labels is not None else None
+    pandas_failures = _check_rows_per_label(df, labels, spec.min_rows_per_label)
+    if pandas_failures:
+        checks.append("rows_per_label [pandas check]")
+    statistics = dict(result_json.get("statistics", {}))
+    statistics["pandas_checks_evaluated"] = 1 if LABEL in df.columns and spec.min_rows_per_label > 0 else 0
+    statistics["pandas_checks_unsuccessful"] = len(pandas_failures)
+    success = bool(result_json.get("success")) and not pandas_failures
+    return ValidationOutcome(suite.name, success, failures + pandas_failures, statistics, result_json, checks, rows)
 
 
 def validate_labelled_frame(
@@ -52,40 +243,36 @@ def validate_labelled_frame(
     min_text_chars: int = 1,
     max_duplicate_fraction: float = 0.5,
 ) -> ValidationOutcome:
-    """Validate a frame with columns text,label against a fresh GE suite.
+    """A one-off suite without params (ad-hoc frames, tests); every allowed label must appear."""
+    spec = SuiteSpec(domain="adhoc", role=name,
+                     allowed_labels=tuple(allowed_labels) if allowed_labels is not None else None,
+                     min_rows_per_label=min_rows_per_label, max_text_chars=max_text_chars,
+                     min_text_chars=min_text_chars, max_duplicate_fraction=max_duplicate_fraction,
+                     require_every_label=allowed_labels is not None and min_rows_per_label > 0)
+    outcome = validate_frame(df, spec)
+    return ValidationOutcome(name, outcome.success, outcome.failures, outcome.statistics, outcome.result_json,
+                             outcome.failed_checks, outcome.example_rows)
 
-    Everything GE can express runs in GE, so the stored result is GE's own. The per-label
-    minimum row count has no GE expectation; it is checked in pandas and reported as a
-    separate, clearly labelled "[pandas check]" failure line.
-    """
-    labels = list(allowed_labels) if allowed_labels is not None else None
-    expectations = _build_expectations(
-        set(df.columns), labels, min_rows_per_label, min_text_chars, max_text_chars,
-        max_duplicate_fraction,
-    )
-    result_json = _run_ge_suite(df, name, expectations)
-    failures = [_describe_failure(r) for r in _ordered_failed_results(result_json, expectations)]
-    pandas_failures = _check_rows_per_label(df, labels, min_rows_per_label)
-    statistics = dict(result_json.get("statistics", {}))
-    statistics["pandas_checks_evaluated"] = 1 if LABEL in df.columns and min_rows_per_label > 0 else 0
-    statistics["pandas_checks_unsuccessful"] = len(pandas_failures)
-    failures += pandas_failures
-    success = bool(result_json.get("success")) and not pandas_failures
-    return ValidationOutcome(name, success, failures, statistics, result_json)
+
+def read_failure(name: str, check: str, message: str) -> ValidationOutcome:
+    """A file that could not be read (not UTF-8, empty, malformed), reported like a failed expectation."""
+    return ValidationOutcome(name, False, [f"file [{check}]: {message}"],
+                             {"evaluated_expectations": 0, "read_check_failed": check},
+                             {"success": False, "read_check": {"check": check, "message": message}}, [check], [])
+
+
+def outcome_payload(outcome: ValidationOutcome) -> dict[str, Any]:
+    """The JSON form of an outcome; very long strings (a 1 MB text) are cut so the file stays readable."""
+    return _clip({"name": outcome.name, "success": outcome.success, "failures": outcome.failures,
+                  "failed_checks": outcome.failed_checks, "example_rows": outcome.example_rows,
+                  "statistics": outcome.statistics, "result": outcome.result_json})
 
 
 def write_outcome(outcome: ValidationOutcome, path: Path) -> None:
     """Write the outcome as JSON so pipelines (DVC, MLflow) can track it as an artifact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "name": outcome.name,
-        "success": outcome.success,
-        "failures": outcome.failures,
-        "statistics": outcome.statistics,
-        "result": outcome.result_json,
-    }
-    path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    path.write_text(json.dumps(outcome_payload(outcome), indent=2, default=str), encoding="utf-8")
 
 
 def require_valid(outcome: ValidationOutcome) -> None:
@@ -94,70 +281,69 @@ def require_valid(outcome: ValidationOutcome) -> None:
         raise DataValidationError(outcome)
 
 
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _MAX_STORED_CHARS:
+        return value[:_MAX_STORED_CHARS] + f"... [{len(value)} chars]"
+    if isinstance(value, dict):
+        return {k: _clip(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip(v) for v in value]
+    return value
+
+
 # --------------------------------------------------------------------------- GE suite
 
 
-def _build_expectations(
-    columns: set[str],
-    labels: list[str] | None,
-    min_rows_per_label: int,
-    min_text_chars: int,
-    max_text_chars: int,
-    max_duplicate_fraction: float,
-) -> list[Any]:
+def _with_text_keys(df: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
+    """Add the hashed text column the leakage expectation runs on (hashes keep the value set small and fast)."""
+    if not spec.banned_text_keys or TEXT not in df.columns:
+        return df
+    keys = df[TEXT].map(lambda t: text_hash(t) if isinstance(t, str) else None)
+    return df.assign(**{TEXT_KEY: keys})
+
+
+def _build_expectations(spec: SuiteSpec, columns: set[str]) -> list[Any]:
     """Return the expectations for this frame.
 
     Column-level expectations are only added for columns that exist: on a missing column GE
     raises a metric-resolution error per expectation, which would bury the one useful line
-    ("missing columns ['label']") under tracebacks. Extra columns (ids, splits) are allowed.
+    ("missing columns ['label']") under tracebacks.
     """
     import great_expectations.expectations as gxe
 
+    leak = bool(spec.banned_text_keys) and TEXT in columns
+    column_set = list(REQUIRED_COLUMNS) + ([TEXT_KEY] if leak else [])
     exps: list[Any] = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(REQUIRED_COLUMNS), exact_match=False),
+        gxe.ExpectTableColumnsToMatchSet(column_set=column_set, exact_match=spec.exact_columns),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
     ]
     if TEXT in columns:
-        exps += [
-            gxe.ExpectColumnValuesToNotBeNull(column=TEXT),
-            # Lengths of non-strings are not checked by GE, so demand strings explicitly.
-            gxe.ExpectColumnValuesToBeOfType(column=TEXT, type_="str"),
-            gxe.ExpectColumnValueLengthsToBeBetween(
-                column=TEXT, min_value=min_text_chars, max_value=max_text_chars
-            ),
-            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
-                column=TEXT, min_value=max(0.0, 1.0 - max_duplicate_fraction)
-            ),
-        ]
+        exps += _text_expectations(spec)
+    if leak:
+        exps.append(gxe.ExpectColumnValuesToNotBeInSet(column=TEXT_KEY, value_set=sorted(spec.banned_text_keys),
+                                                       meta={"check": "leakage"}, notes=LEAKAGE_NOTE))
     if LABEL in columns:
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=LABEL))
-        if labels is not None:
-            exps.append(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=labels))
-            if min_rows_per_label > 0:
-                exps.append(gxe.ExpectColumnDistinctValuesToContainSet(column=LABEL, value_set=labels))
+        if spec.allowed_labels is not None:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=list(spec.allowed_labels)))
+            if spec.require_every_label:
+                exps.append(gxe.ExpectColumnDistinctValuesToContainSet(column=LABEL,
+                                                                       value_set=list(spec.allowed_labels)))
     return exps
 
 
-def _run_ge_suite(df: pd.DataFrame, name: str, expectations: list[Any]) -> dict[str, Any]:
-    """Run the expectations in a fresh ephemeral context; unique names allow repeated calls."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+def _text_expectations(spec: SuiteSpec) -> list[Any]:
+    import great_expectations.expectations as gxe
 
-    uid = f"{name}-{uuid.uuid4().hex[:8]}"
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (
-        ctx.data_sources.add_pandas(f"pandas-{uid}")
-        .add_dataframe_asset(f"asset-{uid}")
-        .add_batch_definition_whole_dataframe(f"batch-{uid}")
-    )
-    suite = ctx.suites.add(gx.ExpectationSuite(name=f"suite-{uid}"))
-    for exp in expectations:
-        suite.add_expectation(exp)
-    vdef = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name=f"validation-{uid}", data=batch_def, suite=suite)
-    )
-    return vdef.run(batch_parameters={"dataframe": df}).to_json_dict()
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column=TEXT),
+        # Lengths of non-strings are not checked by GE, so demand strings explicitly.
+        gxe.ExpectColumnValuesToBeOfType(column=TEXT, type_="str"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column=TEXT, min_value=spec.min_text_chars,
+                                                max_value=spec.max_text_chars),
+        gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column=TEXT, min_value=max(0.0, 1.0 - spec.max_duplicate_fraction)),
+    ]
 
 
 def _ordered_failed_results(result_json: dict[str, Any], expectations: list[Any]) -> list[dict]:
@@ -165,6 +351,15 @@ def _ordered_failed_results(result_json: dict[str, Any], expectations: list[Any]
     order = {str(e.id): i for i, e in enumerate(expectations)}
     failed = [r for r in result_json.get("results", []) if not r.get("success")]
     return sorted(failed, key=lambda r: order.get(str(r["expectation_config"].get("id")), 1_000))
+
+
+def _example_rows(failed: list[dict]) -> list[int]:
+    rows: list[int] = []
+    for res in failed:
+        for index in (res.get("result") or {}).get("partial_unexpected_index_list") or []:
+            if isinstance(index, int) and index not in rows:
+                rows.append(index)
+    return rows[:_MAX_EXAMPLES]
 
 
 # --------------------------------------------------------------------------- messages
@@ -190,7 +385,11 @@ def _length_examples(result: dict[str, Any]) -> str:
     return " (e.g. " + ", ".join(f"{_example(v)} [{len(str(v))} chars]" for v in values) + ")"
 
 
-def _describe_failure(res: dict[str, Any]) -> str:
+def _rows(result: dict[str, Any]) -> list[Any]:
+    return list(result.get("partial_unexpected_index_list") or [])[:_MAX_EXAMPLES]
+
+
+def _describe_failure(res: dict[str, Any], df: pd.DataFrame) -> str:
     """One line per failed expectation: which column, what was expected, what was found."""
     cfg = res["expectation_config"]
     kind, kw, result = cfg["type"], cfg.get("kwargs", {}), res.get("result") or {}
@@ -208,8 +407,7 @@ def _describe_failure(res: dict[str, Any]) -> str:
             f"table: expected at least {kw.get('min_value')} rows, found {result.get('observed_value')}"
         ),
         "expect_column_values_to_not_be_null": lambda: (
-            f"{where}: {n_bad} null values, expected none"
-            f" (rows e.g. {list(result.get('partial_unexpected_index_list') or [])[:_MAX_EXAMPLES]})"
+            f"{where}: {n_bad} null values, expected none (rows e.g. {_rows(result)})"
         ),
         "expect_column_values_to_be_of_type": lambda: (
             f"{where}: {n_bad} values not of type {kw.get('type_')}{ex}"
@@ -221,6 +419,7 @@ def _describe_failure(res: dict[str, Any]) -> str:
         "expect_column_values_to_be_in_set": lambda: (
             f"{where}: {n_bad} values not in allowed set {list(kw.get('value_set') or [])}{ex}"
         ),
+        "expect_column_values_to_not_be_in_set": lambda: _leakage_message(result, df),
         "expect_column_distinct_values_to_contain_set": lambda: (
             f"{where}: expected every allowed label to appear, never seen: "
             f"{list(result.get('partial_missing_list') or [])}"
@@ -235,11 +434,22 @@ def _describe_failure(res: dict[str, Any]) -> str:
 
 
 def _columns_message(kw: dict[str, Any], result: dict[str, Any]) -> str:
-    missing = (result.get("details") or {}).get("mismatched", {}).get("missing", [])
-    return (
-        f"table: expected columns {sorted(kw.get('column_set') or [])}, "
-        f"found {result.get('observed_value')}; missing {missing}"
-    )
+    mismatched = (result.get("details") or {}).get("mismatched", {})
+    expected = sorted(c for c in kw.get("column_set") or [] if c != TEXT_KEY)
+    found = [c for c in result.get("observed_value") or [] if c != TEXT_KEY]
+    message = f"table: expected columns {expected}, found {found}"
+    if mismatched.get("missing"):
+        message += f"; missing {mismatched['missing']}"
+    if mismatched.get("unexpected"):
+        message += f"; unexpected {mismatched['unexpected']}"
+    return message
+
+
+def _leakage_message(result: dict[str, Any], df: pd.DataFrame) -> str:
+    rows = _rows(result)
+    texts = [_example(df[TEXT].iloc[i]) for i in rows if isinstance(i, int) and i < len(df)]
+    return (f"text: {result.get('unexpected_count')} rows repeat a text of the evaluation split (leakage)"
+            f" (rows e.g. {rows}: {', '.join(texts)})")
 
 
 def _unique_message(where: str, kw: dict[str, Any], result: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ def test_valid_frame_passes(tmp_path):
     write_outcome(outcome, path)
     stored = json.loads(path.read_text())
     assert stored["success"] is True and stored["name"] == "unit"
-    assert set(stored) == {"name", "success", "failures", "statistics", "result"}
+    assert set(stored) == {"name", "success", "failures", "failed_checks", "example_rows", "statistics", "result"}
     assert stored["result"]["statistics"]["evaluated_expectations"] >= 8
 
 

@@ -54,7 +54,8 @@ class ParaphraseCache:
 def clean_output(raw: str) -> str:
     """First non-empty line of a generation, without quotes or a leading 'Rewritten sentence:' style label."""
     line = next((x.strip() for x in raw.strip().splitlines() if x.strip()), "")
-    line = re.sub(r"^(rewritten( sentence)?|paraphrase[d]?|sentence)\s*:\s*", "", line, flags=re.IGNORECASE)
+    line = re.sub(r"^(rewrite the sentence|rewritten( sentence)?|paraphrase[d]?|sentence)\s*:\s*", "", line,
+                  flags=re.IGNORECASE)
     return line.strip().strip('"“”\'').strip()
 
 

@@ -86,7 +86,9 @@ class EncoderConfig(_Strict):
     max_length: int = Field(default=64, ge=8, le=512)
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(default=0, ge=0, le=256)
+    num_threads: int = Field(default=0, ge=0, le=256, description="0 = every core while encoding")
+    quantize: Literal["none", "int8"] = Field(
+        default="none", description="int8: dynamic int8 Linear layers for inference on a CPU (benchmarks/throughput.py)")
 
 
 class DomainConfig(_Strict):

@@ -1,5 +1,6 @@
-"""The text encoder on a tiny random BERT: pooling, order, the per-text embedding cache, model resolution, and the
-LoRA scope's save/restore roundtrip."""
+"""The text encoder on a tiny random BERT: pooling, length-bucketed batching, int8 quantization, the columnar
+embedding cache (parallel writers, compaction, old npz shards, hit counters), model resolution, and the LoRA scope's
+save/restore roundtrip."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from components.config import EncoderConfig, LoraConfig
-from components.encoder import (EmbeddingCache, TextEncoder, embed_texts, load_encoder, mean_pool, model_key,
-                                pick_device, resolve_model_path)
+from components.encoder import (EmbeddingCache, TextEncoder, content_hash, embed_texts, load_encoder, mean_pool,
+                                model_key, pick_device, resolve_model_path)
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -172,3 +173,126 @@ def test_lora_scope_delta_restores_the_trained_encoder(tiny_bert_dir):
 def test_prepare_encoder_rejects_an_unknown_scope(tiny_bert_dir):
     with pytest.raises(ValueError, match=r"unknown scope 'partial'; expected head, lora or full"):
         prepare_encoder(load_encoder(tiny_config(tiny_bert_dir)), "partial", LoraConfig())
+
+
+MIXED = TEXTS + ["card", "why was I charged twice for the same coffee " * 6, "", "refund please " * 3,
+                 "great fit, soft fabric, but the sleeves run long and the colour faded after two washes " * 2]
+
+
+def test_bucketed_encode_equals_one_unbucketed_batch(tiny_encoder):
+    """Sorting by token length and padding per batch must not change any embedding (only the padding differs)."""
+    with torch.no_grad():
+        unbucketed = tiny_encoder(MIXED).numpy()  # one batch, everything padded to the longest text
+    for batch_size in (1, 3, 64):
+        np.testing.assert_allclose(tiny_encoder.encode(MIXED, batch_size=batch_size), unbucketed, atol=1e-5)
+
+
+def test_encode_tokenizes_once_and_restores_threads_and_mode(tiny_encoder, monkeypatch):
+    calls = []
+    original = tiny_encoder.tokenizer.__call__
+    monkeypatch.setattr(type(tiny_encoder.tokenizer), "__call__",
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(texts, **kw))
+    torch.set_num_threads(1)  # as meta.small_ops_threading leaves it
+    tiny_encoder.encode(MIXED, batch_size=2)
+    assert calls == [len(MIXED)], "one tokenizer call for the whole list, not one per batch or per text"
+    assert torch.get_num_threads() == 1 and not tiny_encoder.training
+    tiny_encoder.train()
+    try:
+        tiny_encoder.encode(MIXED[:2])
+        assert tiny_encoder.training and tiny_encoder.model.training  # a training caller stays in training mode
+    finally:
+        tiny_encoder.eval()
+
+
+def test_int8_runs_a_quantized_copy_only_when_frozen(tiny_bert_dir):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    encoder = load_encoder(tiny_config(tiny_bert_dir, quantize="int8"))
+    float_encoder = load_encoder(tiny_config(tiny_bert_dir))
+    model = encoder.inference_model()
+    assert model is not encoder.model and any(isinstance(m, DynamicLinear) for m in model.modules())
+    assert encoder.inference_model() is model  # built once while the weights are unchanged
+    int8, fp32 = encoder.encode(MIXED), float_encoder.encode(MIXED)
+    assert not np.allclose(int8, fp32, atol=1e-6), "the int8 path must really run"
+    assert (np.sum(int8 * fp32, axis=1) > 0.95).all()  # unit rows: the cosine to the float embedding
+    with torch.no_grad():
+        encoder.model.embeddings.word_embeddings.weight.mul_(2.0)  # in-place weight change: a stale copy would hide it
+    assert encoder.inference_model() is not model
+    encoder.model.requires_grad_(True)  # being trained (full scope): the float model, gradients intact
+    assert encoder.inference_model() is encoder.model
+    assert model_key(tiny_config(tiny_bert_dir, quantize="int8")) != model_key(tiny_config(tiny_bert_dir))
+
+
+def test_int8_on_cuda_is_refused(tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match=r"encoder\.quantize 'int8' is CPU-only .*set encoder\.device: cpu"):
+        load_encoder(EncoderConfig(name=str(tiny_bert_dir), device="cuda", quantize="int8"))
+
+
+def test_model_key_for_quantize_none_is_unchanged():
+    """Existing caches stay valid: the key of an unquantized encoder is what it was before the option existed."""
+    import hashlib
+
+    assert model_key(EncoderConfig(name=MINILM, max_length=64)) == hashlib.sha1(f"{MINILM}|64".encode()).hexdigest()[:12]
+
+
+def _store_shard(root: str, key: str, start: int) -> None:
+    """One writer process: three shards of 50 vectors of its own."""
+    cache = EmbeddingCache(Path(root), key)
+    for part in range(3):
+        first = start + part * 50
+        cache.store([content_hash(key, str(i)) for i in range(first, first + 50)],
+                    np.tile(np.arange(first, first + 50, dtype=np.float32)[:, None], (1, 4)))
+
+
+def test_parallel_writers_then_compaction(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # spawn would re-import torch in each writer (~10 s)
+    workers = [context.Process(target=_store_shard, args=(str(tmp_path), "k", start)) for start in (0, 1000, 2000)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    cache = EmbeddingCache(tmp_path, "k")
+    wanted = {content_hash("k", str(i)): i for i in [*range(0, 150), *range(1000, 1150), *range(2000, 2150)]}
+    assert len(cache.shards()) == 9 and not list(cache.directory.glob(".tmp-*"))
+    found = cache.lookup(list(wanted) + [content_hash("k", "absent")])
+    assert len(found) == 450 and all(found[d][0] == i for d, i in wanted.items())
+    cache.store([content_hash("k", "0")], np.full((1, 4), -1.0, np.float32))  # a duplicate row in a later shard
+    report = cache.compact()
+    assert report == {"shards_before": 10, "legacy_removed": 0, "vectors": 450, "shards_after": 1}
+    after = cache.lookup(list(wanted))
+    assert len(after) == 450 and all(np.array_equal(after[d], found[d]) for d in wanted)
+
+
+def test_old_npz_shards_are_read_migrated_and_compacted_away(tiny_encoder, tiny_bert_dir, tmp_path):
+    import hashlib
+
+    config = tiny_config(tiny_bert_dir)
+    cache = EmbeddingCache(tmp_path, model_key(config))
+    cache.directory.mkdir(parents=True)
+    old = tiny_encoder.encode(TEXTS[:3])
+    np.savez(cache.directory / "shard-1-abc.npz", vectors=old,
+             hashes=np.array([hashlib.sha1(t.encode("utf-8")).hexdigest() for t in TEXTS[:3]]))
+    counting = CountingEncoder(tiny_encoder)
+    out = embed_texts(TEXTS, config, cache, counting)
+    assert [sorted(batch) for batch in counting.seen] == [sorted(TEXTS[3:])]  # the old shard's texts are not encoded
+    np.testing.assert_array_equal(out[:3], old)
+    assert (cache.stats.hits, cache.stats.misses) == (3, 2)
+    assert len(cache.shards()) == 2  # the migrated vectors and the new ones, in the columnar layout
+    assert cache.compact()["legacy_removed"] == 1 and not cache.legacy_shards()
+    again = EmbeddingCache(tmp_path, model_key(config))
+    np.testing.assert_array_equal(embed_texts(TEXTS, config, again, counting), out)
+    assert len(counting.seen) == 1 and again.stats.hit_rate == 1.0
+
+
+def test_cache_hit_rate_counts_distinct_texts(tiny_encoder, tiny_bert_dir, tmp_path):
+    config = tiny_config(tiny_bert_dir)
+    cache = EmbeddingCache(tmp_path, model_key(config))
+    assert cache.stats.hit_rate is None
+    embed_texts(TEXTS[:2] * 3, config, cache, tiny_encoder)
+    assert (cache.stats.hits, cache.stats.misses) == (0, 2)
+    embed_texts(TEXTS, config, cache, tiny_encoder)
+    assert (cache.stats.hits, cache.stats.misses) == (2, 5) and cache.stats.hit_rate == pytest.approx(2 / 7)

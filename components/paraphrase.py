@@ -82,16 +82,19 @@ class Paraphraser:
     stats: dict = field(default_factory=lambda: {"generated": 0, "from_cache": 0, "kept": 0, "dropped": 0})
 
     def raw(self, text: str, copies: int) -> list[str]:
-        """`copies` raw generations for a text: cached ones first, the missing ones generated and cached."""
+        """`copies` cleaned generations for a text: cached ones first, the missing ones generated and cached.
+
+        The cache keeps the model's raw text, so a better `clean_output` applies without regenerating.
+        """
         prompt = self.prompt.format(text=text)
         outputs = self.cache.get(prompt, text)
         self.stats["from_cache"] += min(len(outputs), copies)
         if len(outputs) < copies:
-            fresh = [clean_output(o) for o in self.generate(prompt, copies - len(outputs))]
+            fresh = self.generate(prompt, copies - len(outputs))
             self.stats["generated"] += len(fresh)
             outputs = outputs + fresh
             self.cache.put(prompt, text, outputs)
-        return outputs[:copies]
+        return [clean_output(o) for o in outputs[:copies]]
 
     def __call__(self, texts: list[str], copies: int) -> list[list[str]]:
         raw = [self.raw(text, copies) for text in texts]

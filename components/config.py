@@ -226,6 +226,8 @@ class DriftConfig(_Strict):
     max_embedding_dims: int = Field(default=32, ge=2)
     embedding_alpha: float = Field(default=0.01, gt=0.0, lt=1.0,
                                    description="family-wise K-S level over the embedding PCA components")
+    column_alpha: float = Field(default=0.01, gt=0.0, lt=1.0,
+                                description="p-value level of each descriptor (K-S) and label/prediction (chi-square) test")
     prediction_drift: bool = Field(default=True, description="a drifted predicted-label distribution counts as drift")
     max_quality_drop: float = Field(default=0.1, ge=0.0, le=1.0,
                                     description="accuracy drop vs the reference (labelled batches) that counts as drift")

@@ -218,7 +218,7 @@ def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None
     suite = build_suite(spec, frame.columns, runner)
     expectations = list(suite.expectations)
     result_json = runner.run(frame, suite)
-    failed = _ordered_failed_results(result_json, expectations)
+    failed = _without_empty_table_noise(_ordered_failed_results(result_json, expectations))
     failures = [_describe_failure(r, df) for r in failed]
     checks = [r["expectation_config"]["type"] for r in failed]
     rows = _example_rows(failed)
@@ -353,6 +353,15 @@ def _ordered_failed_results(result_json: dict[str, Any], expectations: list[Any]
     return sorted(failed, key=lambda r: order.get(str(r["expectation_config"].get("id")), 1_000))
 
 
+def _without_empty_table_noise(failed: list[dict]) -> list[dict]:
+    """With no rows at all, "unique share cannot be computed" only repeats the row-count failure."""
+    types = {r["expectation_config"]["type"] for r in failed}
+    if "expect_table_row_count_to_be_between" not in types:
+        return failed
+    return [r for r in failed
+            if r["expectation_config"]["type"] != "expect_column_proportion_of_unique_values_to_be_between"]
+
+
 def _example_rows(failed: list[dict]) -> list[int]:
     rows: list[int] = []
     for res in failed:
@@ -407,7 +416,7 @@ def _describe_failure(res: dict[str, Any], df: pd.DataFrame) -> str:
             f"table: expected at least {kw.get('min_value')} rows, found {result.get('observed_value')}"
         ),
         "expect_column_values_to_not_be_null": lambda: (
-            f"{where}: {n_bad} null values, expected none (rows e.g. {_rows(result)})"
+            f"{where}: {n_bad} null or blank values, expected none (rows e.g. {_rows(result)})"
         ),
         "expect_column_values_to_be_of_type": lambda: (
             f"{where}: {n_bad} values not of type {kw.get('type_')}{ex}"

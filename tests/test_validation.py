@@ -70,7 +70,7 @@ def test_empty_text_fails():
 def test_null_text_fails():
     df = _frame()
     df.loc[3, "text"] = None
-    with pytest.raises(DataValidationError, match=r"text: 1 null values, expected none \(rows e\.g\. \[3\]\)"):
+    with pytest.raises(DataValidationError, match=r"text: 1 null or blank values, expected none \(rows e\.g\. \[3\]\)"):
         require_valid(_validate(df))
 
 
@@ -134,3 +134,165 @@ def test_error_message_lists_every_failure():
     assert len(outcome.failures) == 2
     assert all(line in message for line in outcome.failures)
     assert outcome.statistics["unsuccessful_expectations"] == 2
+
+
+# --------------------------------------------------------------------------- suites per role
+
+from bad_inputs.tiny_domain import ADAPT, DOMAIN, EVAL, make_project, tree_digest  # noqa: E402
+
+from components.validation import (  # noqa: E402
+    SuiteRunner,
+    SuiteSpec,
+    adapt_spec,
+    batch_spec,
+    eval_spec,
+    meta_source_spec,
+    outcome_payload,
+    validate_domain,
+    validate_frame,
+)
+
+
+@pytest.fixture
+def shop(tmp_path):
+    return tmp_path, make_project(tmp_path)
+
+
+def _pairs(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def test_role_specs_come_from_params(shop):
+    _, params = shop
+    labels = ["neg", "pos"]
+    adapt = adapt_spec(params, DOMAIN, labels, ["x"])
+    assert adapt.name == "metaadapt.shop.adapt" and adapt.min_rows_per_label == 2 and adapt.require_every_label
+    assert adapt.max_duplicate_fraction == params.validation.max_duplicate_fraction == 0.1
+    assert adapt.max_text_chars == params.data.max_text_chars and len(adapt.banned_text_keys) == 1
+    assert eval_spec(params, DOMAIN, labels).name == "metaadapt.shop.eval"
+    source = meta_source_spec(params, DOMAIN, "cr", [])
+    assert source.name == "metaadapt.shop.meta_source.cr" and source.allowed_labels is None
+    batch = batch_spec(params, DOMAIN, labels)
+    assert batch.exact_columns and not batch.require_every_label and batch.allowed_labels == ("neg", "pos")
+
+
+def test_leakage_is_a_ge_expectation_on_normalised_texts(shop):
+    _, params = shop
+    frame = _pairs(ADAPT + [("  The Pocket is far  too SMALL ", "neg")])
+    outcome = validate_frame(frame, adapt_spec(params, DOMAIN, ["neg", "pos"], [t for t, _ in EVAL]))
+    assert not outcome.success
+    assert outcome.failures == ["text: 1 rows repeat a text of the evaluation split (leakage) "
+                                "(rows e.g. [6]: '  The Pocket is far  too SMALL ')"]
+    assert outcome.failed_checks == ["expect_column_values_to_not_be_in_set"] and outcome.example_rows == [6]
+    kinds = [r["expectation_config"]["type"] for r in outcome.result_json["results"]]
+    assert "expect_column_values_to_not_be_in_set" in kinds  # GE ran it, not pandas
+    assert validate_frame(_pairs(ADAPT), adapt_spec(params, DOMAIN, ["neg", "pos"], [t for t, _ in EVAL])).success
+
+
+def test_leakage_expectation_scales_to_thousands_of_eval_texts(shop):
+    import time
+
+    _, params = shop
+    eval_texts = [f"evaluation sentence number {i}" for i in range(5000)]
+    frame = _pairs([(f"adaptation sentence {i}", ("neg", "pos")[i % 2]) for i in range(3000)])
+    frame.loc[17, "text"] = "Evaluation sentence number 4321"
+    started = time.perf_counter()
+    outcome = validate_frame(frame, adapt_spec(params, DOMAIN, ["neg", "pos"], eval_texts))
+    seconds = time.perf_counter() - started
+    print(f"leakage suite: 3000 rows vs 5000 evaluation texts in {seconds:.2f} s")
+    assert outcome.example_rows == [17] and outcome.failed_checks == ["expect_column_values_to_not_be_in_set"]
+    assert seconds < 20
+
+
+def test_batch_suite_is_stricter_than_pipeline_suites(shop):
+    _, params = shop
+    with_id = _pairs(ADAPT).assign(id=range(len(ADAPT)))
+    assert validate_frame(with_id, eval_spec(params, DOMAIN, ["neg", "pos"])).success
+    outcome = validate_frame(with_id, batch_spec(params, DOMAIN, ["neg", "pos"]))
+    assert outcome.failures == ["table: expected columns ['label', 'text'], found "
+                                "['id', 'label', 'text']; unexpected ['id']"]
+
+
+def test_batch_needs_k_rows_only_for_the_labels_it_has(shop):
+    _, params = shop
+    only_pos = _pairs([r for r in ADAPT if r[1] == "pos"])
+    assert validate_frame(only_pos, batch_spec(params, DOMAIN, ["neg", "pos"])).success
+    adapt = validate_frame(only_pos, adapt_spec(params, DOMAIN, ["neg", "pos"]))
+    assert "label [pandas check]: 1 label(s) with fewer than 2 rows: 'neg'=0" in adapt.failures
+
+
+def test_declared_new_labels_join_the_batch_label_set(tmp_path):
+    params = make_project(tmp_path, new_labels=("neutral",))
+    frame = _pairs(ADAPT + [("it came on a tuesday", "neutral"), ("the box was brown", "neutral")])
+    assert validate_frame(frame, batch_spec(params, DOMAIN, ["neg", "pos"])).success
+
+
+def test_each_meta_source_is_its_own_suite(shop):
+    _, params = shop
+    pool = pd.DataFrame({"text": ["good a", "good b", "bad a", "bad b", "lonely"],
+                         "label": ["good", "good", "bad", "bad", "odd"], "source": ["cr"] * 4 + ["yelp"]})
+    outcomes = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pool)
+    assert set(outcomes) == {"adapt", "eval", "meta_source.cr", "meta_source.yelp"}
+    assert outcomes["meta_source.cr"].success and outcomes["adapt"].success and outcomes["eval"].success
+    assert outcomes["meta_source.yelp"].name == "metaadapt.shop.meta_source.yelp"
+    assert outcomes["meta_source.yelp"].failures == ["label [pandas check]: 1 label(s) with fewer than 2 rows: 'odd'=1"]
+
+
+def test_stored_payload_clips_huge_texts():
+    df = _frame()
+    df.loc[0, "text"] = "y" * 100_000
+    payload = json.dumps(outcome_payload(_validate(df)))
+    assert "[100000 chars]" in payload and len(payload) < 20_000
+
+
+def test_data_docs_are_built_offline_and_replaced(tmp_path):
+    runner = SuiteRunner()
+    spec_frame = _frame()
+
+    spec = SuiteSpec(domain="docs", role="adapt", allowed_labels=tuple(LABELS), min_rows_per_label=2,
+                     max_text_chars=60, require_every_label=True)
+    assert validate_frame(spec_frame, spec, runner).success
+    (tmp_path / "docs" / "stale.html").parent.mkdir()
+    (tmp_path / "docs" / "stale.html").write_text("old run")
+    index = runner.build_data_docs(tmp_path / "docs")
+    assert index == (tmp_path / "docs" / "index.html").resolve() and index.is_file()
+    assert "metaadapt.docs.adapt" in index.read_text(encoding="utf-8")
+    assert list((tmp_path / "docs" / "validations" / "metaadapt" / "docs" / "adapt").rglob("*.html"))
+    assert not (tmp_path / "docs" / "stale.html").exists()
+
+
+def _prepared_domain(root, adapt_rows, eval_rows):
+    prepared = root / "data" / "prepared" / DOMAIN
+    _pairs(adapt_rows).to_parquet(prepared / "adapt.parquet", index=False)
+    _pairs(eval_rows).to_parquet(prepared / "eval.parquet", index=False)
+    pool = pd.DataFrame({"text": ["good a", "good b", "bad a", "bad b"], "label": ["good", "good", "bad", "bad"],
+                         "source": ["cr"] * 4, "augmented": [False] * 4, "origin": [-1] * 4})
+    pool.to_parquet(prepared / "meta_pool.parquet", index=False)
+
+
+def test_validate_stage_failure_writes_result_and_docs_and_touches_nothing_else(shop):
+    from components import stages
+
+    root, params = shop
+    _prepared_domain(root, ADAPT + [EVAL[0]], EVAL)  # one evaluation text leaked into the adaptation pool
+    before = tree_digest(root / "data" / "prepared", root / "models")
+    with pytest.raises(DataValidationError, match=r"(?s)metaadapt\.shop\.adapt.*leakage"):
+        stages.validate(params, DOMAIN, root)
+    report = json.loads((root / "reports" / "validation" / f"{DOMAIN}.json").read_text())
+    assert report["success"] is False and report["suites"]["meta_source.cr"]["success"] is True
+    assert report["suites"]["adapt"]["suite"] == "metaadapt.shop.adapt" and not report["suites"]["adapt"]["success"]
+    assert report["data_docs"] == "reports/data_docs/shop/index.html"
+    assert (root / report["data_docs"]).is_file()
+    assert tree_digest(root / "data" / "prepared", root / "models") == before
+
+    stages.summary(params, root)
+    assert "[shop](data_docs/shop/index.html)" in (root / "reports" / "summary.md").read_text()
+
+
+def test_validate_stage_passes_on_clean_tables(shop):
+    from components import stages
+
+    root, params = shop
+    _prepared_domain(root, ADAPT, EVAL)
+    summary = stages.validate(params, DOMAIN, root)
+    assert set(summary) == {"adapt", "eval", "meta_source.cr"} and all(s["success"] for s in summary.values())

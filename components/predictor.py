@@ -1,8 +1,9 @@
 """Texts in, labels and probabilities out, from a saved model directory: what serving and batch scoring use."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +14,27 @@ from components.model_io import AdaptedModel, load_model
 from components.scopes import restore_encoder
 
 MAX_PREDICT_CHARS = 20_000   # longer inputs are truncated before tokenising (the encoder sees max_length tokens anyway)
+
+
+@dataclass
+class LabelEvidence:
+    """One candidate label of an explanation: its probability and the support examples closest to the text."""
+
+    label: str
+    score: float
+    nearest: list[tuple[str, float]] = field(default_factory=list)   # (support text, cosine similarity)
+
+
+@dataclass
+class Explanation:
+    text: str
+    label: str
+    top: list[LabelEvidence]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "label": self.label,
+                "top": [{"label": e.label, "score": e.score,
+                         "nearest": [{"text": t, "similarity": s} for t, s in e.nearest]} for e in self.top]}
 
 
 class Predictor:
@@ -46,6 +68,33 @@ class Predictor:
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(texts).argmax(1)]
+
+    def explain(self, text: str, top_labels: int = 3, examples: int = 3) -> Explanation:
+        """The prediction plus, for each of the top labels, the support examples nearest to the text.
+
+        A prototype model decides by cosine similarity to each label's mean support embedding in the head's
+        space, so the nearest support examples in that same space are the model's own reasons.
+        """
+        support = self.model.support
+        if not support or not support.get("texts"):
+            raise ValueError("this model directory holds no support examples (saved before explanations existed); "
+                             "re-run adaptation to explain its predictions")
+        embeddings = self.embed([text, *support["texts"]])
+        vectors = self._head_space(embeddings)
+        similarity = (vectors[1:] @ vectors[0]).tolist()
+        probabilities = self.predict_proba_embeddings(embeddings[:1])[0]
+        order = np.argsort(-probabilities)[:top_labels]
+        top = []
+        for i in order:
+            label = self.labels[i]
+            candidates = [(t, s) for t, l, s in zip(support["texts"], support["labels"], similarity) if l == label]
+            top.append(LabelEvidence(label, float(probabilities[i]),
+                                     sorted(candidates, key=lambda pair: -pair[1])[:examples]))
+        return Explanation(text, self.labels[order[0]], top)
+
+    def _head_space(self, embeddings: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.model.head(torch.as_tensor(embeddings, dtype=torch.float32)).numpy()
 
 
 def _clean(text: object) -> str:

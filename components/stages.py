@@ -301,8 +301,9 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                            reference_embeddings=embed(reference["text"].tolist(), params, root),
                            current_embeddings=embed(current["text"].tolist(), params, root),
                            html_path=paths.report("drift", ".html"), drift_share=params.drift.drift_share,
-                           max_embedding_dims=params.drift.max_embedding_dims)
-    payload = summary.to_dict()
+                           max_embedding_dims=params.drift.max_embedding_dims,
+                           embedding_alpha=params.drift.embedding_alpha, column_alpha=params.drift.column_alpha)
+    payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(paths.report("drift"), payload)
     log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
              summary.drifted_share, summary.html_path)
@@ -328,6 +329,11 @@ def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
     payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(root / "reports" / "summary.json", payload)
     text = render_summary(rows, caps, params.encoder.name) + render_data_docs_links(params, root)
+    from components.plots import summary_plots
+    from components.report_index import write_index
+
+    text += summary_plots(params, root)   # PNGs under reports/plots/, embedded with relative links
+    write_index(root)                     # reports/index.html: every drift report, newest first
     (root / "reports" / "summary.md").write_text(text, encoding="utf-8")
     print(text)
     return payload

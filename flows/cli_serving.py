@@ -1,55 +1,183 @@
-"""`metaadapt` commands over registered models: predict, list models."""
+"""`metaadapt` commands over registered models: predict, explain, models, monitor.
+
+Thin: each command parses its arguments, calls components (registry, predictor, monitoring) and prints. Every
+command takes ``--root`` (the project directory holding params.yaml, mlruns/, data/ and reports/; default: this
+checkout) so the same commands work on another project copy and in tests.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from components.config import PROJECT_ROOT, load_params
 
+ROOT_OPTION = typer.Option(PROJECT_ROOT, "--root", help="Project directory (params.yaml, mlruns/, data/, reports/).")
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `metaadapt` app."""
     app.command()(predict)
+    app.command()(explain)
     app.command()(models)
+    app.command()(monitor)
 
 
-def predict(domain: str = typer.Argument(..., help="Domain whose champion model to use."),
-            texts: list[str] = typer.Argument(None, help="Texts to classify (or use --file)."),
-            file: Optional[Path] = typer.Option(None, "--file", help="A CSV/TSV/JSONL/parquet file with a `text` column."),
-            model_dir: Optional[Path] = typer.Option(None, help="Use a model directory instead of the champion.")) -> None:
-    """Classify texts with a domain's registered champion (or a model directory); prints JSON lines."""
+def _scorer(domain: Optional[str], model_dir: Optional[Path], root: Path):
+    """A function texts -> DataFrame(label, score, p_<label>...) from the champion or a model directory."""
     import pandas as pd
 
+    from components.pyfunc_model import predictions_frame
+
+    if model_dir is not None:
+        from components.predictor import Predictor
+
+        predictor = Predictor.from_directory(model_dir)
+        return lambda texts: predictions_frame(predictor.labels, predictor.predict_proba(texts)), predictor.batch_size
+    if domain is None:
+        raise typer.BadParameter("give --domain (the champion of that domain) or --model-dir")
+    from components.registry import load_champion
+
+    params = load_params(root / "params.yaml")
+    params.domain(domain)
+    model = load_champion(domain, params.registry, root)
+    return lambda texts: model.predict(pd.DataFrame({"text": texts})), params.encoder.batch_size
+
+
+def _score_columns(frame) -> Any:
+    """text, label, score_<label>...: per-label probabilities named for the file a user opens."""
+    renamed = frame.rename(columns={c: "score_" + c[2:] for c in frame.columns if c.startswith("p_")})
+    return renamed.drop(columns=["score"])
+
+
+def _score_batched(score, texts: list[str], batch_size: int, progress: bool):
+    """Score in batches of the encoder's batch size, with a progress bar on stderr for files."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.progress import Progress
+
+    parts = []
+    with Progress(console=Console(stderr=True), disable=not progress, transient=False) as bar:
+        task = bar.add_task("predicting", total=len(texts))
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            parts.append(score(chunk).reset_index(drop=True))
+            bar.advance(task, len(chunk))
+    return pd.concat(parts, ignore_index=True)
+
+
+def predict(texts: list[str] = typer.Argument(None, help="Texts to classify (or use --file)."),
+            domain: Optional[str] = typer.Option(None, "--domain", "-d", help="Domain whose champion model to use."),
+            file: Optional[Path] = typer.Option(None, "--file", help="A CSV/TSV/JSONL/parquet file with a `text` column."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Write text,label,score_<label>... as CSV here."),
+            model_dir: Optional[Path] = typer.Option(None, help="Use a model directory instead of the champion."),
+            root: Path = ROOT_OPTION) -> None:
+    """Classify texts with a domain's champion (or a model directory): JSON lines, or a CSV with --out."""
     from components.data import read_texts
 
     if file is not None:
         texts = read_texts(file)
     if not texts:
         raise typer.BadParameter("give texts as arguments or --file")
-    if model_dir is not None:
-        from components.predictor import Predictor
-
-        predictor = Predictor.from_directory(model_dir)
-        frame = pd.DataFrame({"text": texts, "label": predictor.predict(texts)})
-    else:
-        from components.registry import load_champion
-
-        params = load_params()
-        params.domain(domain)
-        frame = load_champion(domain, params.registry, PROJECT_ROOT).predict(pd.DataFrame({"text": texts}))
-        frame.insert(0, "text", texts)
+    score, batch_size = _scorer(domain, model_dir, root)
+    frame = _score_batched(score, list(texts), batch_size, progress=file is not None)
+    frame.insert(0, "text", list(texts))
+    frame = _score_columns(frame)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+        typer.echo(f"{len(frame)} predictions written to {out}", err=True)
+        return
     for row in frame.to_dict(orient="records"):
-        typer.echo(json.dumps(row, default=float))
+        typer.echo(json.dumps(row, default=float, ensure_ascii=False))
 
 
-def models() -> None:
-    """List each domain's registered champion (version, run, gate metric)."""
-    from components.registry import champion_info
+def explain(text: str = typer.Argument(..., help="The text to explain."),
+            domain: str = typer.Option(..., "--domain", "-d", help="Domain whose champion model to use."),
+            top: int = typer.Option(3, help="How many top labels to show."),
+            examples: int = typer.Option(3, help="Nearest support examples per label."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+            root: Path = ROOT_OPTION) -> None:
+    """The prediction, the top labels with their scores, and the support examples nearest to the text.
 
-    params = load_params()
+    The model classifies by similarity to each label's examples, so the nearest examples are its reasons.
+    """
+    from components.registry import load_champion
+
+    params = load_params(root / "params.yaml")
+    params.domain(domain)
+    predictor = load_champion(domain, params.registry, root).unwrap_python_model().predictor
+    try:
+        explanation = predictor.explain(text, top_labels=top, examples=examples)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2))
+        return
+    typer.echo(f"prediction: {explanation.label}")
+    for evidence in explanation.top:
+        typer.echo(f"  {evidence.label}: {evidence.score:.3f}")
+        for support_text, similarity in evidence.nearest:
+            typer.echo(f"      {similarity:+.3f}  {support_text[:160]!r}")
+
+
+def models(root: Path = ROOT_OPTION) -> None:
+    """Each domain's champion and challenger: version, macro-F1, accuracy, registration time, promotion reason."""
+    from components.registry import alias_versions
+
+    params = load_params(root / "params.yaml")
     for name in params.domains:
-        info = champion_info(name, params.registry, PROJECT_ROOT)
-        typer.echo(f"{name}: " + (json.dumps(info, default=str) if info else "no champion yet"))
+        versions = alias_versions(name, params.registry, root)
+        typer.echo(f"{name}:" + ("" if versions else " no registered model yet"))
+        for alias, info in versions.items():
+            typer.echo(f"  {alias:10s} v{info['version']}  macro-F1 {_fmt(info['macro_f1'])}  "
+                       f"accuracy {_fmt(info['accuracy'])}  registered {info['registered_at']}")
+            if info["promotion_reason"]:
+                typer.echo(f"             {info['promotion_reason']}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def monitor(file: Path = typer.Argument(..., help="CSV/TSV/JSONL/parquet batch with a `text` column (`label` optional)."),
+            domain: str = typer.Option(..., "--domain", "-d", help="Domain the batch belongs to."),
+            root: Path = ROOT_OPTION) -> None:
+    """Drift of a batch against the domain's reference: HTML + JSON under reports/drift/, index in reports/index.html.
+
+    Exit code 0 when no drift, 3 when drift is detected (so a scheduler or script can act on it).
+    """
+    from components.data import DataError
+    from components.monitoring import monitor_batch
+
+    params = load_params(root / "params.yaml")
+    params.domain(domain)
+    try:
+        result = monitor_batch(domain, read_batch(file), params, root, source=file.name)
+    except (DataError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+    typer.echo(f"drift: {'YES' if result.drift_detected else 'no'}"
+               + (" — " + "; ".join(result.reasons) if result.reasons else "") + f"\nreport: {result.html_path}",
+               err=True)
+    if result.drift_detected:
+        raise typer.Exit(3)
+
+
+def read_batch(file: Path):
+    """The batch as text (+ label when the file has a label column), through the project's checked readers."""
+    import pandas as pd
+
+    from components.data import DataError, read_labelled_file, read_texts
+
+    try:
+        return read_labelled_file(file)
+    except DataError as error:
+        if "missing column(s) ['label']" not in str(error):
+            raise
+    return pd.DataFrame({"text": read_texts(file)})
+

@@ -151,7 +151,8 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     scope = json.loads((meta_dir / "meta.json").read_text(encoding="utf-8"))["scope"]
     model = AdaptedModel(head.cpu(), classifier, params.encoder.model_dump(), scope, delta,
                          params.meta.lora.model_dump() if scope == "lora" else None,
-                         {"domain": domain, "k": params.domain(domain).k, "seed": params.seed})
+                         {"domain": domain, "k": params.domain(domain).k, "seed": params.seed},
+                         support_record(support, labels, descriptions))
     save_model(model, out_dir)
     return {"steps": classifier.info.get("steps", 0), "cv_scores": classifier.info.get("cv_scores", {}),
             "head": classifier.info.get("head", "meta"), "head_cv_scores": classifier.info.get("head_cv_scores", {}),

@@ -1,0 +1,144 @@
+"""Accepted labelled batches: content hashing, storage and the ledger of what was processed (Prefect-free).
+
+A user's labelled file, once validated, is stored as ``data/batches/<domain>/<sha256-prefix>.parquet``. The name
+is the hash of its *normalised rows* (text stripped, label as text, rows sorted, duplicates dropped), so the same
+data handed over twice — same file, a copy with another name, or the rows in another order — lands on the same
+name and does no duplicate work. ``ledger.json`` beside the batches records, per batch, where it came from, its
+hash, its row count, when it arrived and its status (``accepted`` → ``adapted`` once an adaptation used it).
+
+``data/batches`` is a dependency of the DVC ingest stage, and the ingest stage merges every stored batch of a
+domain into that domain's adaptation pool (``components.prepare.merge_batches``), so a new batch reruns only that
+domain's downstream stages: the other domains' ingest outputs stay byte-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+BATCHES_DIR = Path("data") / "batches"
+LEDGER_NAME = "ledger.json"
+HASH_CHARS = 16                      # 64 bits of SHA-256: collisions are out of reach for a few thousand batches
+ACCEPTED, ADAPTED = "accepted", "adapted"
+
+
+@dataclass
+class BatchRecord:
+    """One ledger line: a stored batch and what happened to it."""
+
+    sha256: str
+    source: str                     # the user's file name (not its path: the ledger must not leak a home dir)
+    rows: int
+    received_at: str
+    status: str = ACCEPTED
+    adapted_at: str | None = None
+    flow_run: str | None = None     # the adaptation run that used it
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.sha256[:HASH_CHARS]}.parquet"
+
+
+@dataclass
+class StoreResult:
+    """What `store_batch` did: a new batch, or the record of the identical batch stored earlier."""
+
+    record: BatchRecord
+    path: Path
+    is_new: bool
+
+
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """text,label only; text stripped, label as text; exact duplicates dropped; rows sorted (order-free hash)."""
+    missing = {"text", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"a batch needs columns text and label; missing {sorted(missing)}")
+    out = pd.DataFrame({"text": frame["text"].astype(str).str.strip(), "label": frame["label"].astype(str).str.strip()})
+    out = out.drop_duplicates().sort_values(["text", "label"], kind="stable").reset_index(drop=True)
+    return out
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of the normalised rows: identical data gives one hash whatever the file name or row order."""
+    rows = normalise(frame)
+    digest = hashlib.sha256()
+    for text, label in zip(rows["text"], rows["label"]):
+        digest.update(json.dumps([text, label], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def batch_dir(root: Path, domain: str) -> Path:
+    return Path(root) / BATCHES_DIR / domain
+
+
+def read_ledger(root: Path, domain: str) -> list[BatchRecord]:
+    """Every batch recorded for the domain, oldest first ([] when none arrived yet)."""
+    path = batch_dir(root, domain) / LEDGER_NAME
+    if not path.is_file():
+        return []
+    return [BatchRecord(**entry) for entry in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def _write_ledger(root: Path, domain: str, records: list[BatchRecord]) -> None:
+    """Atomic replace: a crash mid-write must not leave a half ledger (which would re-run every batch)."""
+    path = batch_dir(root, domain) / LEDGER_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([asdict(r) for r in records], indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def store_batch(frame: pd.DataFrame, domain: str, source: str, root: Path) -> StoreResult:
+    """Store a validated batch under its content hash and record it; an identical earlier batch is reused."""
+    rows = normalise(frame)
+    if rows.empty:
+        raise ValueError(f"batch {source!r} for {domain!r} has no rows")
+    sha = content_hash(rows)
+    records = read_ledger(root, domain)
+    for record in records:
+        if record.sha256 == sha:
+            return StoreResult(record, batch_dir(root, domain) / record.file_name, is_new=False)
+    record = BatchRecord(sha256=sha, source=Path(source).name, rows=len(rows), received_at=_now())
+    path = batch_dir(root, domain) / record.file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    rows.to_parquet(tmp, index=False)
+    tmp.replace(path)               # the data first, then the ledger: a crash leaves a re-storable file, not a lie
+    _write_ledger(root, domain, records + [record])
+    return StoreResult(record, path, is_new=True)
+
+
+def load_batches(root: Path, domain: str) -> pd.DataFrame:
+    """All stored batches of the domain as one text,label frame (empty when none), in arrival order."""
+    frames = [pd.read_parquet(batch_dir(root, domain) / r.file_name) for r in read_ledger(root, domain)
+              if (batch_dir(root, domain) / r.file_name).is_file()]
+    if not frames:
+        return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)})
+    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def pending_batches(root: Path, domain: str) -> list[BatchRecord]:
+    """Batches accepted but not yet used by a successful adaptation (what a drift alert can act on)."""
+    return [r for r in read_ledger(root, domain) if r.status == ACCEPTED]
+
+
+def mark_adapted(root: Path, domain: str, hashes: list[str], flow_run: str | None) -> list[BatchRecord]:
+    """Record that a successful adaptation used these batches; returns the records changed."""
+    records = read_ledger(root, domain)
+    changed = []
+    for record in records:
+        if record.sha256 in hashes and record.status == ACCEPTED:
+            record.status, record.adapted_at, record.flow_run = ADAPTED, _now(), flow_run
+            changed.append(record)
+    if changed:
+        _write_ledger(root, domain, records)
+    return changed
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,107 @@
+"""Per-domain adaptation: the domain's DVC stages (ingest … register, drift), one run per domain at a time.
+
+Started by a `metaadapt.batch.accepted` event (a new labelled batch), by a drift event with labelled data
+waiting, by `metaadapt ingest --now`, or by hand. DVC decides which stages are stale (a new batch changes the
+domain's ingest output, so validate → adapt → evaluate → register → drift rerun; the other domains are not
+touched). The register stage's promotion gate decides champion vs challenger; this flow reports it.
+A failed stage leaves the champion alias and the stored batches as they were (the batches stay `accepted`,
+so the next run picks them up again) and the run fails with the stage's output.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from components.batches import mark_adapted, pending_batches
+from components.config import PROJECT_ROOT, load_params
+from components.registry import tracking_uri
+from flows.orchestration import adaptation_slot, check_domain, publish
+from flows.pipeline import run_domain, run_stage
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def record_history(root: Path, domain: str, entry: dict) -> Path:
+    """Append one line per adaptation to reports/orchestration/<domain>.jsonl (when, why, what came out)."""
+    path = root / "reports" / "orchestration" / f"{domain}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+    return path
+
+
+def _merge_timings(root: Path, domain: str, seconds: dict[str, float]) -> None:
+    path = root / "reports" / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings[domain] = {stage: round(value, 2) for stage, value in seconds.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(timings, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def adaptation_markdown(domain: str, outcome: dict, mlflow_uri: str) -> str:
+    """The run's artifact: verdict, promotion reason, metrics, links to the MLflow run and the drift report."""
+    lines = [f"# Adaptation of `{domain}`: {outcome['status']}", "",
+             f"- trigger: {outcome['reason']}",
+             f"- batches used: {', '.join(outcome['batches']) or 'none new'}",
+             f"- started {outcome['started']}, finished {outcome['finished']}"]
+    if outcome["status"] != "ok":
+        lines += [f"- **failed at stage `{outcome.get('failed_stage')}`**; the champion and the data are unchanged "
+                  f"(the batches stay pending)", "", "```", outcome.get("error", "")[-1500:], "```"]
+        return "\n".join(lines) + "\n"
+    registry, metrics, drift = outcome["registry"], outcome["metrics"], outcome["drift"]
+    verdict = "**promoted to champion**" if registry.get("promoted") else "kept as **challenger** (champion unchanged)"
+    lines += [f"- model version v{registry.get('version')}: {verdict}",
+              f"- gate: {registry.get('reason', 'n/a')}",
+              f"- champion now: v{registry.get('champion_version')}",
+              f"- accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 {metrics.get('macro_f1', float('nan')):.4f} "
+              f"on {metrics.get('eval_rows')} held-out rows",
+              f"- MLflow run `{registry.get('run_id')}` in `{mlflow_uri}` "
+              f"(model `models:/{registry.get('name')}/{registry.get('version')}`)",
+              f"- drift report: `{outcome['drift_html']}` (dataset drift: {drift.get('dataset_drift')})"]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="metaadapt-adapt-domain", log_prints=True)
+def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manual", force: bool = False) -> dict:
+    """Adapt one domain through its DVC stages, gate the new model, publish the result; one run per domain."""
+    logger = get_run_logger()
+    project = Path(root)
+    params = load_params(project / "params.yaml")
+    check_domain(params, domain)
+    with adaptation_slot(project, domain, params):
+        batches = [record.sha256 for record in pending_batches(project, domain)]
+        started = _now()
+        result = run_domain(domain, root, force, in_process=True)  # one import of torch/MLflow/GE per run
+        finished = _now()
+        outcome = {"domain": domain, "reason": reason, "status": result["status"], "started": started,
+                   "finished": finished, "batches": [sha[:16] for sha in batches], "flow_run": flow_run.get_id(),
+                   **{k: v for k, v in result.items() if k in ("failed_stage", "error")}}
+        if result["status"] == "ok":
+            mark_adapted(project, domain, batches, flow_run.get_id())
+            _merge_timings(project, domain, result["seconds"])
+            run_stage("summary", root, force=True)
+    reports = project / "reports"
+    outcome.update(registry=_read(reports / "registry" / f"{domain}.json"),
+                   metrics=_read(reports / "metrics" / f"{domain}.json"),
+                   drift=_read(reports / "drift" / f"{domain}.json"),
+                   drift_html=str(reports / "drift" / f"{domain}.html"), seconds=result["seconds"])
+    record_history(project, domain, {k: outcome[k] for k in ("started", "finished", "status", "reason", "flow_run",
+                                                             "batches")} | {"promoted": outcome["registry"].get("promoted")})
+    publish(adaptation_markdown(domain, outcome, tracking_uri(params.registry, project)), "adaptation", domain,
+            f"adaptation of {domain}: {outcome['status']}")
+    if result["status"] != "ok":
+        raise RuntimeError(f"adaptation of {domain} failed at stage {result['failed_stage']}; champion and data "
+                           f"unchanged, batches stay pending:\n{result['error'][-1500:]}")
+    logger.info("adaptation of %s: v%s promoted=%s (%s)", domain, outcome["registry"].get("version"),
+                outcome["registry"].get("promoted"), outcome["registry"].get("reason"))
+    return outcome

@@ -1,0 +1,114 @@
+"""New labelled data: validate a user's batch, store it under its content hash, announce it with an event.
+
+`metaadapt ingest --domain D FILE`, or a file dropped in `data/incoming/<domain>/` and picked up by the served
+watcher, runs `ingest_batch`. A valid batch is stored once (`components.batches`), and a
+`metaadapt.batch.accepted` event (resource `metaadapt.domain.<D>`) starts the domain's adaptation deployment.
+The same data a second time is recognised by its hash: logged, no event, no work. An invalid batch is moved
+untouched to `data/quarantine/<domain>/<time>/` by `components.quarantine` and the run fails saying why.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
+
+from components.batches import store_batch
+from components.config import PROJECT_ROOT, Params, load_params
+from flows.orchestration import BATCH_ACCEPTED, check_domain, domain_resource, publish, retry_transient_only
+
+BATCH_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+def accept(file: Path, domain: str, params: Params, root: Path) -> pd.DataFrame:
+    """The quarantine gate (Great Expectations incoming-batch suite); raises BatchRejected on bad data."""
+    from components.quarantine import accept_batch
+
+    return accept_batch(file, domain, params, root)
+
+
+def _archive(file: Path, domain: str, params: Params, root: Path) -> str | None:
+    """Move a file that came through the incoming folder to incoming/<domain>/processed/ (so the watcher does not
+    hash it again); files handed over on the command line stay where the user keeps them."""
+    incoming = (root / params.orchestration.incoming_dir / domain).resolve()
+    if file.resolve().parent != incoming:
+        return None
+    target = incoming / "processed" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{file.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(file), target)
+    return str(target)
+
+
+@task(name="accept-and-store", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient_only)
+def accept_and_store(file: str, domain: str, root: str) -> dict:
+    """Validate, store under the content hash, archive the incoming copy. Retried on transient I/O only."""
+    project = Path(root)
+    params = load_params(project / "params.yaml")
+    frame = accept(Path(file), domain, params, project)
+    stored = store_batch(frame, domain, Path(file).name, project)
+    archived = _archive(Path(file), domain, params, project)
+    return {"domain": domain, "sha256": stored.record.sha256, "rows": stored.record.rows,
+            "source": stored.record.source, "is_new": stored.is_new, "path": str(stored.path),
+            "status": stored.record.status, "received_at": stored.record.received_at, "archived_to": archived}
+
+
+@task(name="emit-batch-accepted", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient_only)
+def announce(batch: dict) -> str | None:
+    """The event that starts the domain's adaptation deployment (served by `metaadapt serve`)."""
+    event = emit_event(event=BATCH_ACCEPTED, resource=domain_resource(batch["domain"]),
+                       payload={k: batch[k] for k in ("sha256", "rows", "source")})
+    return str(event.id) if event else None
+
+
+def batch_markdown(batch: dict, event_id: str | None) -> str:
+    if not batch["is_new"]:
+        return (f"# Batch for `{batch['domain']}` already processed\n\n`{batch['source']}` has the same rows as batch "
+                f"`{batch['sha256'][:16]}` received {batch['received_at']} (status: {batch['status']}); nothing to do.\n")
+    return (f"# New batch for `{batch['domain']}`\n\n- source: `{batch['source']}`, {batch['rows']} rows\n"
+            f"- stored as `{batch['path']}` (sha256 `{batch['sha256'][:16]}`)\n"
+            f"- event `{BATCH_ACCEPTED}` {event_id or '(not sent)'} → adaptation deployment\n")
+
+
+@flow(name="metaadapt-ingest-batch", log_prints=True)
+def ingest_batch(domain: str, file: str, root: str = str(PROJECT_ROOT)) -> dict:
+    """Validate and store one labelled batch; emit `metaadapt.batch.accepted` only for data not seen before."""
+    project = Path(root)
+    params = load_params(project / "params.yaml")
+    check_domain(params, domain)
+    retry = {"retries": params.orchestration.io_retries, "retry_delay_seconds": params.orchestration.io_retry_delays}
+    batch = accept_and_store.with_options(**retry)(file, domain, root)
+    event_id = announce.with_options(**retry)(batch) if batch["is_new"] else None
+    if not batch["is_new"]:
+        get_run_logger().info("%s: same rows as batch %s (%s); no duplicate work", file, batch["sha256"][:16],
+                              batch["received_at"])
+    publish(batch_markdown(batch, event_id), "batch", domain, f"batch {batch['source']} for {domain}")
+    return {**batch, "event_id": event_id}
+
+
+def incoming_files(params: Params, root: Path) -> list[tuple[str, Path]]:
+    """(domain, file) for every batch file waiting in <incoming_dir>/<domain>/, oldest first."""
+    found = []
+    for domain in params.domains:
+        folder = root / params.orchestration.incoming_dir / domain
+        if folder.is_dir():
+            files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES]
+            found += [(domain, p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+    return found
+
+
+@flow(name="metaadapt-watch-incoming", log_prints=True)
+def watch_incoming(root: str = str(PROJECT_ROOT)) -> list[dict]:
+    """Process every file in the incoming folders; a rejected file is quarantined and the others still go on."""
+    project = Path(root)
+    params = load_params(project / "params.yaml")
+    results = []
+    for domain, file in incoming_files(params, project):
+        try:
+            results.append(ingest_batch(domain, str(file), root))
+        except Exception as error:  # noqa: BLE001 - one bad file must not block the rest; its run records why
+            get_run_logger().error("%s rejected: %s", file, error)
+            results.append({"domain": domain, "source": file.name, "rejected": str(error)[:2000]})
+    return results

@@ -1,0 +1,100 @@
+"""`metaadapt predict / explain / models / monitor` end to end on a tiny project (real registry, real Evidently)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from serving_project import DOMAIN, LABELS, make_project, migrated_store, reset_mlflow, sentences
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert_dir) -> Path:
+    """One project for the module: the commands only read it (monitor adds its own report folder)."""
+    store = migrated_store(tmp_path_factory.mktemp("store"))
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir, store)
+    reset_mlflow()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def clean_mlflow():
+    yield
+    reset_mlflow()
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_predict_texts_prints_labels_and_per_label_scores(project):
+    result = run("predict", "--domain", DOMAIN, "--root", str(project), "strong profit growth", "awful loss")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["strong profit growth", "awful loss"]
+    for row in rows:
+        assert row["label"] in LABELS and set(row) == {"text", "label", *(f"score_{l}" for l in LABELS)}
+        assert row[f"score_{row['label']}"] == max(row[f"score_{l}"] for l in LABELS)
+        assert sum(row[f"score_{l}"] for l in LABELS) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_file_writes_a_csv_in_batches(project, tmp_path):
+    texts = sentences(40, seed=5)["text"].tolist()        # 40 rows > batch size 16: three batches
+    pd.DataFrame({"text": texts, "other": range(40)}).to_csv(tmp_path / "batch.csv", index=False)
+    out = tmp_path / "preds.csv"
+    result = run("predict", "--domain", DOMAIN, "--root", str(project), "--file", str(tmp_path / "batch.csv"),
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(out)
+    assert list(preds.columns) == ["text", "label", "score_neg", "score_pos"] and preds["text"].tolist() == texts
+    assert "40 predictions written" in result.stderr
+
+
+def test_predict_without_domain_or_texts_is_a_usage_error(project):
+    assert run("predict", "--root", str(project), "x").exit_code == 2
+    assert run("predict", "--domain", DOMAIN, "--root", str(project)).exit_code == 2
+
+
+def test_explain_shows_the_nearest_support_examples_per_label(project):
+    result = run("explain", "--domain", DOMAIN, "--root", str(project), "--json", "good gain and strong growth")
+    assert result.exit_code == 0, result.output
+    explanation = json.loads(result.stdout)
+    support = pd.read_parquet(project / "data/prepared" / DOMAIN / "adapt.parquet").groupby("label").head(4)
+    assert explanation["label"] == explanation["top"][0]["label"]
+    assert [t["label"] for t in explanation["top"]] == sorted(LABELS, key=lambda l: -next(
+        t["score"] for t in explanation["top"] if t["label"] == l))
+    for top in explanation["top"]:
+        own = set(support.loc[support["label"] == top["label"], "text"])
+        assert len(top["nearest"]) == 3 and {n["text"] for n in top["nearest"]} <= own
+        sims = [n["similarity"] for n in top["nearest"]]
+        assert sims == sorted(sims, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-6 for s in sims)
+
+    text = run("explain", "--domain", DOMAIN, "--root", str(project), "awful loss").stdout
+    assert text.startswith("prediction: ") and text.count("+0.") + text.count("-0.") >= 3
+
+
+def test_models_lists_the_champion_with_its_metrics(project):
+    result = run("models", "--root", str(project))
+    assert result.exit_code == 0, result.output
+    assert f"{DOMAIN}:" in result.stdout and "champion   v1  macro-F1 0.800  accuracy 0.800" in result.stdout
+    assert "no champion yet; v1" in result.stdout and "customer_intent: no registered model yet" in result.stdout
+
+
+def test_monitor_exit_code_says_drift_and_bad_files_fail_clearly(project, tmp_path):
+    shifted = tmp_path / "shifted.jsonl"
+    pd.DataFrame({"text": [f"ERROR 500 at /api/v{i} {{'retry': {i}}} ###" * 5 for i in range(40)]}).to_json(
+        shifted, orient="records", lines=True)
+    result = run("monitor", "--domain", DOMAIN, "--root", str(project), str(shifted))
+    assert result.exit_code == 3, result.output
+    payload = json.loads(result.stdout)
+    assert payload["drift_detected"] and Path(payload["html_path"]).is_file()
+    assert "drift: YES" in result.stderr and (project / "reports" / "index.html").is_file()
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    result = run("monitor", "--domain", DOMAIN, "--root", str(project), str(empty))
+    assert result.exit_code == 2 and "file is empty" in result.stderr

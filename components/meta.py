@@ -12,8 +12,8 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -182,13 +182,52 @@ class MetaTrainResult:
     train_loss: list[float]
     seconds: float
     episodes_per_second: float
+    resumed_from: int = 0                # episodes already done by an interrupted run (0 = a fresh start)
 
 
-def with_noise(embed: EmbedFn, std: float, seed: int) -> EmbedFn:
+@dataclass
+class LoopState:
+    """Where a meta-training run stands; with the RNG states it is what a checkpoint stores (components.checkpoint).
+
+    Position is (epoch, index into that epoch's episode order); ``order`` is None until the epoch's order is drawn.
+    """
+
+    val_acc: list[float]
+    best_state: dict[str, torch.Tensor]
+    epoch: int = 1
+    index: int = 0
+    order: list[int] | None = None
+    epoch_losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    episodes_done: int = 0
+    seconds: float = 0.0                 # training time spent before the current process
+
+
+@dataclass
+class TrainingRandomness:
+    """The run's own generators (episode order, embedding noise); global RNGs are saved by the checkpoint too."""
+
+    order: np.random.Generator
+    noise: torch.Generator
+
+
+class Checkpointer(Protocol):
+    """What meta_train needs from a checkpoint store (components.checkpoint.CheckpointStore)."""
+
+    def due(self, episodes_done: int) -> bool: ...
+
+    def save(self, state: LoopState, learner: Learner, optimizer: torch.optim.Optimizer,
+             randomness: TrainingRandomness) -> None: ...
+
+    def restore(self, learner: Learner, optimizer: torch.optim.Optimizer,
+                randomness: TrainingRandomness) -> LoopState | None: ...
+
+
+def with_noise(embed: EmbedFn, std: float, seed: int, generator: torch.Generator | None = None) -> EmbedFn:
     """Embedding-space augmentation: Gaussian noise on training rows (validation rows stay clean)."""
     if std <= 0:
         return embed
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
 
     def noisy(rows: Sequence[int]) -> torch.Tensor:
         clean = embed(rows)
@@ -199,37 +238,63 @@ def with_noise(embed: EmbedFn, std: float, seed: int) -> EmbedFn:
 def meta_train(learner: Learner, train_episodes: Sequence[Episode], val_episodes: Sequence[Episode],
                embed: EmbedFn, config: MetaConfig, seed: int,
                progress: Callable[[int, float, float], None] | None = None,
-               embedding_noise: float = 0.0) -> MetaTrainResult:
-    """Train for `config.epochs` passes over the episodes; keep the epoch with the best validation accuracy."""
+               embedding_noise: float = 0.0, checkpoints: Checkpointer | None = None) -> MetaTrainResult:
+    """Train for `config.epochs` passes over the episodes; keep the epoch with the best validation accuracy.
+
+    With `checkpoints`, the run resumes from the newest complete checkpoint and saves one whenever
+    ``checkpoints.due(episodes_done)``; a resumed run ends exactly where an uninterrupted one would (tested).
+    """
     with small_ops_threading(learner.encoder is None):
-        return _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise)
+        return _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise,
+                           checkpoints)
 
 
-def _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise):
+def _meta_train(learner, train_episodes, val_episodes, embed, config, seed, progress, embedding_noise,
+                checkpoints=None):
     """The body of meta_train, run inside its threading context."""
     torch.manual_seed(seed)
     # Weights drifting towards zero become subnormal floats, which make CPU matmuls ~15x slower (measured).
     torch.set_flush_denormal(True)
     device = next(learner.head.parameters()).device
     optimizer = _optimizer(learner, config)
-    step = STEPS[config.algorithm]
-    val_acc = [evaluate_episodes(learner, val_episodes, embed, device)]
-    best_state, losses, started = copy.deepcopy(learner.state_dict()), [], time.perf_counter()
-    order_rng = np.random.default_rng(seed)
-    train_embed = with_noise(embed, embedding_noise, seed)
-    for epoch in range(1, config.epochs + 1):
-        epoch_losses = [step(learner, train_episodes[i], train_embed, optimizer, config, device)[0]
-                        for i in order_rng.permutation(len(train_episodes))]
-        losses.append(float(np.mean(epoch_losses)))
-        val_acc.append(evaluate_episodes(learner, val_episodes, embed, device))
-        if val_acc[-1] > max(val_acc[:-1]):
-            best_state = copy.deepcopy(learner.state_dict())
+    randomness = TrainingRandomness(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+    train_embed = with_noise(embed, embedding_noise, seed, randomness.noise)
+    started = time.perf_counter()
+    state = checkpoints.restore(learner, optimizer, randomness) if checkpoints else None
+    resumed_from = state.episodes_done if state else 0
+    if state is None:
+        state = LoopState([evaluate_episodes(learner, val_episodes, embed, device)], copy.deepcopy(learner.state_dict()))
+    while state.epoch <= config.epochs:
+        _train_epoch(learner, state, train_episodes, train_embed, optimizer, config, device, randomness,
+                     checkpoints, lambda: state.seconds + time.perf_counter() - started)
+        state.val_acc.append(evaluate_episodes(learner, val_episodes, embed, device))
+        if state.val_acc[-1] > max(state.val_acc[:-1]):
+            state.best_state = copy.deepcopy(learner.state_dict())
         if progress:
-            progress(epoch, losses[-1], val_acc[-1])
-    learner.load_state_dict(best_state)
-    seconds = time.perf_counter() - started
-    return MetaTrainResult(int(np.argmax(val_acc)), val_acc, losses, seconds,
-                           len(train_episodes) * config.epochs / max(seconds, 1e-9))
+            progress(state.epoch, state.losses[-1], state.val_acc[-1])
+        state.epoch, state.order = state.epoch + 1, None
+    learner.load_state_dict(state.best_state)
+    seconds = state.seconds + time.perf_counter() - started
+    return MetaTrainResult(int(np.argmax(state.val_acc)), state.val_acc, state.losses, seconds,
+                           (len(train_episodes) * config.epochs - resumed_from) / max(seconds - state.seconds, 1e-9),
+                           resumed_from)
+
+
+def _train_epoch(learner, state: LoopState, train_episodes, train_embed, optimizer, config, device,
+                 randomness: TrainingRandomness, checkpoints: Checkpointer | None, elapsed: Callable[[], float]):
+    """The rest of the current epoch's episodes (all of them unless resumed mid-epoch), checkpointing when due."""
+    step = STEPS[config.algorithm]
+    if state.order is None:
+        state.order = [int(i) for i in randomness.order.permutation(len(train_episodes))]
+        state.index, state.epoch_losses = 0, []
+    while state.index < len(state.order):
+        episode = train_episodes[state.order[state.index]]
+        state.epoch_losses.append(step(learner, episode, train_embed, optimizer, config, device)[0])
+        state.index += 1
+        state.episodes_done += 1
+        if checkpoints and checkpoints.due(state.episodes_done):
+            checkpoints.save(replace(state, seconds=elapsed()), learner, optimizer, randomness)
+    state.losses.append(float(np.mean(state.epoch_losses)))
 
 
 def _optimizer(learner: Learner, config: MetaConfig) -> torch.optim.Optimizer:

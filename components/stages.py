@@ -55,10 +55,10 @@ class StagePaths:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    tmp.replace(path)
+    """Atomic (temp file + fsync + rename): an unwritable or full disk raises StorageError and keeps the old file."""
+    from components.model_io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def _read_json(path: Path) -> Any:
@@ -159,6 +159,8 @@ def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     from components.meta import meta_train as train
 
     paths = StagePaths(root, domain)
+    checkpoints = _meta_checkpoints(params, domain, root, paths)
+    _require_meta_outputs_writable(params, root, paths, checkpoints.directory)  # fail before, not after, training
     pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
     vectors = np.load(paths.prepared / "meta_embeddings.npy")
     train_eps = load_episodes(paths.prepared / "episodes_train.json")
@@ -170,11 +172,46 @@ def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         result = train(learner, train_eps, val_eps, fn, params.meta, params.seed,
                        progress=lambda e, loss, acc: log.info("meta-train %s epoch %d: loss %.4f val acc %.4f",
                                                               domain, e, loss, acc),
-                       embedding_noise=params.episodes.augment.embedding_noise)
+                       embedding_noise=params.episodes.augment.embedding_noise, checkpoints=checkpoints)
     summary = _meta_summary(result, params)
     save_learner(learner, encoder, params, paths.meta_dir, summary)
     _log_meta_run(params, domain, root, summary, paths)
+    checkpoints.clear()
     return summary
+
+
+def _meta_checkpoints(params: Params, domain: str, root: Path, paths: StagePaths):
+    """The checkpoint store of this exact run: keyed by every param and input file that determines its result."""
+    from components.checkpoint import CheckpointStore, checkpoint_root, run_key
+
+    settings = {"seed": params.seed, "meta": params.meta.model_dump(exclude={"checkpoint_every"}),
+                "encoder": params.encoder.model_dump(), "embedding_noise": params.episodes.augment.embedding_noise}
+    inputs = [paths.prepared / name for name in ("meta_pool.parquet", "meta_embeddings.npy", "episodes_train.json",
+                                                 "episodes_val.json")]
+    return CheckpointStore(checkpoint_root(root, domain) / run_key(settings, inputs), params.meta.checkpoint_every)
+
+
+def _require_meta_outputs_writable(params: Params, root: Path, paths: StagePaths, checkpoint_dir: Path) -> None:
+    """The model folder, the local MLflow store and (when enabled) the checkpoint folder take files, or a clear
+    StorageError names the one that does not, before minutes of training are spent."""
+    from components.model_io import require_writable
+
+    require_writable(paths.models, "model folder")
+    store = _local_tracking_dir(params.registry.tracking_uri, root)
+    if store is not None:
+        require_writable(store, "MLflow store")
+    if params.meta.checkpoint_every:
+        require_writable(checkpoint_dir, "checkpoint folder")
+
+
+def _local_tracking_dir(uri: str | None, root: Path) -> Path | None:
+    """The directory of a local MLflow store (default, sqlite:/// or file:), None for a remote server."""
+    if not uri:
+        return root / "mlruns"
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            return Path(uri[len(prefix):]).parent if prefix == "sqlite:///" else Path(uri[len(prefix):])
+    return None
 
 
 def _meta_summary(result, params: Params) -> dict:
@@ -183,6 +220,7 @@ def _meta_summary(result, params: Params) -> dict:
     return {"trained": True, "algorithm": params.meta.algorithm, "scope": params.meta.scope,
             "best_epoch": result.best_epoch, "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
             "seconds": round(result.seconds, 2), "episodes_per_second": round(result.episodes_per_second, 1),
+            "resumed_from_episode": result.resumed_from,
             "val_gain": result.val_accuracy[result.best_epoch] - result.val_accuracy[0]}
 
 
@@ -190,13 +228,14 @@ def _log_meta_run(params: Params, domain: str, root: Path, summary: dict, paths:
     import mlflow
 
     from components.registry import use_experiment
+    from components.safety import redact_secrets
 
     use_experiment(params.registry, root)
     with mlflow.start_run(run_name=f"meta-train-{domain}"):
         mlflow.set_tags({"stage": "meta_train", "domain": domain})
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten({"meta": params.meta.model_dump(),
-                                                                "episodes": params.episodes.model_dump(),
-                                                                "encoder": params.encoder.model_dump()}).items()})
+        logged = flatten({"meta": params.meta.model_dump(), "episodes": params.episodes.model_dump(),
+                          "encoder": params.encoder.model_dump()})
+        mlflow.log_params({k: str(redact_secrets(v))[:500] for k, v in logged.items()})  # no URI credentials
         for step, acc in enumerate(summary.get("val_accuracy", [])):
             mlflow.log_metric("val_episode_accuracy", acc, step=step)
         for step, loss in enumerate(summary.get("train_loss", []), start=1):

@@ -119,6 +119,8 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
                                              "suites": summary, "data_docs": str(docs.relative_to(root.resolve())),
                                              "results": {n: outcome_payload(o)["result"] for n, o in outcomes.items()}})
+    log.info("validate %s: %d suites, %d failed; Data Docs %s", domain, len(outcomes),
+             sum(not o.success for o in outcomes.values()), docs)
     for outcome in outcomes.values():
         require_valid(outcome)
     return summary

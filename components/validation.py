@@ -156,9 +156,15 @@ class SuiteRunner:
     """
 
     def __init__(self) -> None:
+        import logging
+
+        quiet = logging.getLogger("great_expectations")  # its INFO lines (import, temp dirs) bury the stage's own
+        quiet.setLevel(logging.WARNING)
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        # this module sets its own logger to INFO and logs a temp dir per context
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         uid = uuid.uuid4().hex[:8]

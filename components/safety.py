@@ -108,10 +108,15 @@ def redact_uri(uri: str) -> str:
 
 
 def redact_secrets(value: object) -> object:
-    """Any URI inside a string redacted (see redact_uri); other values unchanged. For logged params and messages."""
-    if not isinstance(value, str):
-        return value
-    return URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), value)
+    """Any URI inside a string (or inside the strings of a list / dict) redacted (see redact_uri); other values
+    unchanged. For logged params, tags and messages."""
+    if isinstance(value, str):
+        return URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_secrets(v) for v in value)
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items()}
+    return value
 
 
 def has_credentials(uri: str) -> bool:

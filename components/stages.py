@@ -311,6 +311,7 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate."""
     from components.registry import register_domain_model
+    from components.safety import redact_secrets
 
     paths = StagePaths(root, domain)
     metrics = _read_json(paths.report("metrics"))
@@ -318,8 +319,9 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     result = register_domain_model(
         domain=domain, model_dir=paths.candidate,
         metrics={k: float(v) for k, v in metrics.items()},
-        params=flatten({"domain": params.domain(domain).model_dump(), "adapt": params.adapt.model_dump(),
-                        "meta": params.meta.model_dump(), "encoder": params.encoder.model_dump(), "seed": params.seed}),
+        params=redact_secrets(flatten({"domain": params.domain(domain).model_dump(), "adapt": params.adapt.model_dump(),
+                                       "meta": params.meta.model_dump(), "encoder": params.encoder.model_dump(),
+                                       "seed": params.seed})),   # free-text values may quote a URI with credentials
         tags={"domain": domain, "dataset": manifest["dataset"], "full": str(manifest["full"])},
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json"},

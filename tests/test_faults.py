@@ -218,18 +218,35 @@ def test_meta_dir_write_on_a_full_disk_keeps_the_previous_head(meta_root, monkey
 # ------------------------------------------------------------------------------------- registered models
 
 
-def test_registered_model_with_an_altered_weights_file_is_refused_by_the_pyfunc_loader(tmp_path, tiny_bert_dir):
-    from components import registry
-
-    config = RegistryConfig(experiment="tamper-at-load")
+def _registration_inputs(root: Path, tiny_bert_dir: Path) -> None:
+    """What the register stage reads: a candidate model (tiny random BERT encoder) and the domain's reports."""
     encoder = {"name": str(tiny_bert_dir), "max_length": 16, "batch_size": 8, "device": "cpu", "num_threads": 0}
-    model_dir = save_model(AdaptedModel(ProjectionHead(32), CosineClassifier(["a", "b"], torch.randn(2, 32), 10.0),
-                                        encoder, "head"), tmp_path / "candidate")
+    save_model(AdaptedModel(ProjectionHead(32), CosineClassifier(["a", "b"], torch.randn(2, 32), 10.0), encoder,
+                            "head"), root / "models" / "toy" / "candidate")
+    for kind, payload in {"metrics": {"macro_f1": 0.5, "accuracy": 0.5}, "confusion": {}, "validation": {}}.items():
+        stages._write_json(root / "reports" / kind / "toy.json", payload)
+    stages._write_json(root / "data" / "prepared" / "toy" / "manifest.json", {"dataset": "toy_set", "full": False})
+
+
+def test_registration_logs_no_credentials_and_an_altered_registered_model_is_refused(tmp_path, tiny_bert_dir,
+                                                                                      monkeypatch):
+    from components.config import TRACKING_ENV, parse_params
+
+    monkeypatch.delenv(TRACKING_ENV, raising=False)
+    secret_url = "https://alice:s3cret@wiki.example.com/labels?token=abc123"
+    raw = load_params().model_dump()
+    raw["registry"] = RegistryConfig(experiment="tamper-at-load").model_dump()
+    raw["domains"] = {"toy": {**raw["domains"]["customer_intent"], "label_descriptions": {"a": f"see {secret_url}"}}}
+    params = parse_params(raw)
+    _registration_inputs(tmp_path, tiny_bert_dir)
     try:
-        registry.use_experiment(config, tmp_path)
-        result = registry.register_domain_model(domain="toy", model_dir=model_dir, metrics={"macro_f1": 0.5},
-                                                params={}, tags={}, artifacts={}, config=config, root=tmp_path)
-        uri = f"models:/{result.name}/{result.version}"
+        result = stages.register(params, "toy", tmp_path)
+        run = mlflow.get_run(result["run_id"])
+        logged = {**run.data.params, **run.data.tags}
+        assert logged["domain.label_descriptions.a"] == "see https://wiki.example.com/labels?token=***"
+        assert not [k for k, v in logged.items() if "s3cret" in v or "abc123" in v or "alice:" in v]
+
+        uri = f"models:/{result['name']}/{result['version']}"
         assert len(mlflow.pyfunc.load_model(uri).predict(["fine"])) == 1        # intact: it serves
         stored = list((tmp_path / "mlruns" / "artifacts").rglob("classifier.safetensors"))
         assert stored, "the registered model directory was not found in the artifact store"

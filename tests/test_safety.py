@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -149,3 +150,42 @@ def test_redaction_strips_userinfo_and_secret_query_values():
         "runs at http://h/api and s3://b/k?X-Amz-Signature=***"
     assert redact_secrets(0.5) == 0.5
     assert has_credentials("https://u:p@h") and not has_credentials("https://h/x") and not has_credentials("sqlite:///a")
+
+
+# ----------------------------------------------------------------------------------------- params.yaml
+
+
+SECRET_KEY = re.compile(r"(^|_)(password|passwd|secret|token|api_?key|access_?key|credentials?|private_?key)$", re.I)
+SECRET_VALUE = re.compile(r"(AKIA[0-9A-Z]{16}|hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9]{20,}|"
+                          r"xox[abp]-[A-Za-z0-9-]{10,}|-----BEGIN [A-Z ]*PRIVATE KEY-----|[a-z][a-z0-9+.-]*://[^/\s@:]+:[^/\s@]+@)")
+
+
+def _walk(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def credential_findings(text: str) -> list[str]:
+    """Credential-like keys with a value, and credential-looking strings anywhere (comments included)."""
+    found = [f"{key} = {value!r}" for key, value in _walk(yaml.safe_load(text))
+             if isinstance(value, str) and value and SECRET_KEY.search(key.rsplit(".", 1)[-1])]
+    found += [f"line {n}: {SECRET_VALUE.search(line).group(0)[:12]}..." for n, line in enumerate(text.splitlines(), 1)
+              if SECRET_VALUE.search(line)]
+    return found
+
+
+def test_params_yaml_holds_no_credentials():
+    assert credential_findings((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("text", ["registry: {tracking_uri: 'https://bob:pw@mlflow.example.com'}",
+                                  "hub: {api_token: abc}", "x: hf_abcdefghijklmnopqrstuvwxyz0123456789",
+                                  "# aws AKIAABCDEFGHIJKLMNOP in a comment"])
+def test_the_credential_scan_finds_planted_secrets(text):
+    assert credential_findings(text)

@@ -91,6 +91,7 @@ def summary_plots(params: Any, root: Path) -> str:
     from components.registry import version_history
 
     reports = Path(root) / "reports"
+    (reports / "plots").mkdir(parents=True, exist_ok=True)   # a DVC output of the summary stage, even when empty
     sections = ["", "## Plots", ""]
     accuracy = accuracy_vs_k(Path(root) / "benchmarks" / "results" / "fewshot.json", reports / "plots" / "accuracy_vs_k.png")
     store = Path(root) / "mlruns" / "mlflow.db"

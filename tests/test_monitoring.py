@@ -118,3 +118,23 @@ def test_index_lists_pipeline_and_monitor_reports_newest_first(tmp_path):
     assert entries[0].link == "drift/b.html" and entries[1].link is None     # its report.html does not exist
     page = render_index(entries + [IndexEntry("<script>", "t", "monitor", None, [], [], None)])
     assert "label &amp; more" in page and "<script>" not in page.split("<body>")[1]
+
+
+def test_plots_render_and_are_embedded_with_relative_links(tmp_path):
+    from components.plots import champion_history, summary_plots
+
+    bench = tmp_path / "benchmarks" / "results"
+    bench.mkdir(parents=True)
+    (bench / "fewshot.json").write_text(json.dumps({"aggregates": [
+        {"domain": "a", "method": "metaadapt", "k": k, "accuracy": acc, "accuracy_ci95": 0.02}
+        for k, acc in ((0, 0.5), (8, 0.7))] + [{"domain": "a", "method": "linear_probe", "k": 8, "accuracy": 0.6}]}))
+    params = load_params()
+    markdown = summary_plots(params, tmp_path)
+    png = tmp_path / "reports" / "plots" / "accuracy_vs_k.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and "![Accuracy against K (few-shot benchmark)](plots/accuracy_vs_k.png)" in markdown
+    assert "no registered versions yet" in markdown and not (tmp_path / "mlruns").exists()   # no store created
+
+    history = {"a": [{"version": 1, "registered_at": "2026-01-01T00:00:00Z", "macro_f1": 0.5, "promoted": True},
+                     {"version": 2, "registered_at": "2026-01-02T00:00:00Z", "macro_f1": 0.4, "promoted": False}]}
+    assert champion_history(history, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert champion_history({"a": []}, tmp_path / "none.png") is None

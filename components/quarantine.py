@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import Params
-from components.data import DataError, _read_checked
+from components.data import READERS, DataError, _read_checked
 from components.validation import (
     LABEL,
     TEXT,
@@ -31,6 +31,7 @@ from components.validation import (
 )
 
 _SEPARATORS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+_TEXT_FORMATS = {"csv", "tsv", "jsonl"}
 _EXAMPLE_CHARS = 60
 
 
@@ -75,13 +76,10 @@ def accept_batch(file: Path, domain: str, params: Params, root: Path) -> pd.Data
 
 def _read_batch(file: Path, name: str) -> tuple[pd.DataFrame | None, ValidationOutcome | None]:
     """The raw table with blank cells as nulls, or a read-check outcome when the bytes cannot be a table."""
-    raw = file.read_bytes()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        return None, read_failure(name, "utf8", f"{file.name} is not valid UTF-8: byte 0x{raw[error.start]:02x} at "
-                                                f"offset {error.start} (line {line})")
+    if READERS.get(file.suffix.lower()) in _TEXT_FORMATS:  # parquet is binary; unknown suffixes fail below
+        problem = _utf8_problem(file)
+        if problem:
+            return None, read_failure(name, "utf8", problem)
     try:
         frame = _read_checked(file)
     except DataError as error:
@@ -89,9 +87,24 @@ def _read_batch(file: Path, name: str) -> tuple[pd.DataFrame | None, ValidationO
     return _blanks_to_null(frame), None
 
 
+def _utf8_problem(file: Path) -> str | None:
+    """Where the bytes stop being UTF-8 (checked on the bytes, before any parser guesses), or None."""
+    raw = file.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        return f"{file.name} is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} (line {line})"
+    return None
+
+
 def _blanks_to_null(frame: pd.DataFrame) -> pd.DataFrame:
-    """Strip text/label cells and turn blanks into nulls, so the not-null expectations see them."""
+    """Strip text/label cells and turn blanks into nulls, so the not-null expectations see them.
+
+    A UTF-8 byte-order mark (spreadsheets' "CSV UTF-8") is dropped from the header, where it would hide `text`.
+    """
     frame = frame.copy()
+    frame.columns = [str(c).lstrip("\ufeff") for c in frame.columns]
     for column in (TEXT, LABEL):
         if column in frame.columns:
             values = frame[column].map(lambda v: v.strip() if isinstance(v, str) else v)

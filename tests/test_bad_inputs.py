@@ -24,6 +24,11 @@ def _huge_text(path: Path) -> None:
                     "the zip broke on day one,neg\nthe colour faded after a wash,neg\n", encoding="utf-8")
 
 
+def _spreadsheet(path: Path) -> None:
+    """An Excel workbook saved where a CSV was expected (a zip archive, so not UTF-8 text either)."""
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+
+
 CASES = [
     # (kind, fixture or generator, regex fragments that must all be in the message)
     ("empty file", "empty.csv", [r"file \[read\]: .*empty\.csv: file is empty"]),
@@ -50,6 +55,8 @@ CASES = [
     ("leaked evaluation rows", "leaked_eval_rows.csv",
      [r"text: 1 rows repeat a text of the evaluation split \(leakage\) \(rows e\.g\. \[4\]: 'The  Pocket Is Far Too Small'\)",
       r"would leak the test set"]),
+    ("a spreadsheet instead of a CSV", _spreadsheet,
+     [r"file \[read\]: .*batch\.xlsx: unsupported file type '\.xlsx'; use one of \['\.csv', '\.json', '\.jsonl', '\.parquet', '\.tsv'\]"]),
     ("unbalanced quote across lines", "broken_quotes.csv",
      [r"malformed csv file: .*EOF inside string", r"inside double quotes"]),
 ]
@@ -66,7 +73,8 @@ def test_bad_input_is_rejected_with_a_clear_error_and_nothing_is_lost(project, k
     root, params = project
     incoming = root / "data" / "incoming" / DOMAIN
     incoming.mkdir(parents=True)
-    batch = incoming / (source if isinstance(source, str) else "huge_text.csv")
+    batch = incoming / (source if isinstance(source, str) else {_huge_text: "huge_text.csv",
+                                                                 _spreadsheet: "batch.xlsx"}[source])
     if isinstance(source, str):
         shutil.copyfile(HERE / source, batch)
     else:

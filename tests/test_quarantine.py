@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import hashlib
 import json
 import re
@@ -135,3 +136,17 @@ def test_move_never_overwrites(tmp_path):
     with pytest.raises(FileExistsError):
         q.move_file(src, dst)
     assert src.read_text() == "one" and dst.read_text() == "two"
+
+
+@pytest.mark.parametrize("name, write", [
+    ("excel_utf8.csv", lambda p: p.write_bytes(b"\xef\xbb\xbf" + GOOD.encode("utf-8"))),  # spreadsheets add a BOM
+    ("batch.tsv", lambda p: p.write_text(GOOD.replace(",", "\t"), encoding="utf-8")),
+    ("batch.jsonl", lambda p: pd.read_csv(io.StringIO(GOOD)).to_json(p, orient="records", lines=True)),
+    ("batch.parquet", lambda p: pd.read_csv(io.StringIO(GOOD)).to_parquet(p, index=False)),
+])
+def test_every_supported_format_is_accepted(tmp_path, name, write):
+    params = make_project(tmp_path)
+    batch = tmp_path / name
+    write(batch)
+    frame = accept_batch(batch, DOMAIN, params, tmp_path)
+    assert frame.to_dict("list") == pd.read_csv(io.StringIO(GOOD)).to_dict("list")

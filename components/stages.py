@@ -30,6 +30,11 @@ class StagePaths:
     root: Path
     domain: str
 
+    def __post_init__(self) -> None:
+        from components.safety import check_name
+
+        check_name("domain", self.domain)   # it becomes a directory name under data/, models/ and reports/
+
     @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared" / self.domain

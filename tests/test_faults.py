@@ -72,6 +72,19 @@ def test_report_folder_that_is_a_file_gives_a_clear_error(tmp_path):
         require_writable(tmp_path / "reports" / "x", "report folder")
 
 
+def test_permission_denied_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    """What a read-only folder raises for a normal user, injected where it would happen (creating the temp file)."""
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(StorageError, match=rf"cannot write {tmp_path}/a.json: Permission denied \(permission denied; "
+                                           r"make it writable or point the project elsewhere\)"):
+        atomic_write_text(tmp_path / "a.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_read_only_report_folder_gives_permission_denied(tmp_path):
     folder = tmp_path / "reports"

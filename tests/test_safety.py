@@ -189,3 +189,11 @@ def test_params_yaml_holds_no_credentials():
                                   "# aws AKIAABCDEFGHIJKLMNOP in a comment"])
 def test_the_credential_scan_finds_planted_secrets(text):
     assert credential_findings(text)
+
+
+def test_stage_paths_refuse_a_traversing_domain(tmp_path):
+    from components.stages import StagePaths
+
+    assert StagePaths(tmp_path, "finance_sentiment").models == tmp_path / "models" / "finance_sentiment"
+    with pytest.raises(UnsafeInputError, match=r"domain name '\.\./\.\./etc' is not allowed"):
+        StagePaths(tmp_path, "../../etc")

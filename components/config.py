@@ -157,15 +157,16 @@ class MetaConfig(_Strict):
     reptile_outer_lr: float = Field(default=0.5, gt=0.0, le=1.0)
     lora: LoraConfig = LoraConfig()
     encoder_lr: float = Field(default=2e-5, gt=0.0, le=1.0)
+    checkpoint_every: int = Field(default=500, ge=0, description="episodes between resumable checkpoints; 0 = none")
 
 
 class AdaptConfig(_Strict):
     method: Literal["proto", "proto_finetune"] = "proto_finetune"
-    checkpoint_every: int = Field(default=500, ge=0, description="episodes between resumable checkpoints; 0 = none")
     step_candidates: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40, 80], min_length=1)
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
     cv_folds: int = Field(default=2, ge=2, le=10)
     select_head: bool = Field(default=True, description="also try the untrained head; support-set CV picks one")
+
 
 
 class TextOpsConfig(_Strict):
@@ -216,7 +217,6 @@ class AugmentationConfig(_Strict):
             raise ValueError("adapt.paraphrase_copies > 0 needs paraphrase.enabled: true")
         return self
 
-
 class DriftConfig(_Strict):
     """Drift decision thresholds (components.drift / components.monitoring): what counts as drift, and why."""
 
@@ -251,13 +251,6 @@ class RegistryConfig(_Strict):
                                   description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
 
 
-class RegistryConfig(_Strict):
-    experiment: str = Field(default="metaadapt", min_length=1)
-    tracking_uri: str | None = None
-    promote_margin: float = Field(default=0.0, ge=-1.0, le=1.0,
-                                  description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
-
-
 class Params(_Strict):
     seed: int = Field(default=13, ge=0)
     data: DataConfig = DataConfig()
@@ -282,37 +275,6 @@ class Params(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    def domain(self, name: str) -> DomainConfig:
-        """Return one domain, or fail listing the domains that exist."""
-        if name not in self.domains:
-            raise ConfigError(f"unknown domain {name!r}; params.yaml defines: {', '.join(sorted(self.domains))}")
-        return self.domains[name]
-
-
-def _domain_reference_problems(name: str, domain: DomainConfig, datasets: dict[str, DatasetSpec]) -> list[str]:
-    """Dangling data set names and leakage through shared texts, found at load time rather than mid-run."""
-    key = f"domains.{name}"
-    if domain.dataset not in datasets:
-        return [f"{key}.dataset = {domain.dataset!r} is not declared under `datasets` (known: {', '.join(sorted(datasets))})"]
-    problems = []
-    target = datasets[domain.dataset]
-    for split_key in ("adapt_split", "eval_split"):
-        split = getattr(domain, split_key)
-        if split not in target.splits:
-            problems.append(f"{key}.{split_key} = {split!r}: {domain.dataset} has splits {target.splits}")
-    for source in domain.meta_sources:
-        if source not in datasets:
-            problems.append(f"{key}.meta_sources has {source!r}, not declared under `datasets`")
-        elif source == domain.dataset:
-            problems.append(f"{key}.meta_sources has the domain's own data set {source!r} (evaluation texts would leak)")
-        elif target.text_group and datasets[source].text_group == target.text_group:
-            problems.append(f"{key}.meta_sources has {source!r}, which shares texts (text_group "
-                            f"{target.text_group!r}) with the evaluated data set {domain.dataset!r}")
-    return problems
-
-
-def _format_validation_error(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: {error.error_count()} invalid value(s)"]
     @model_validator(mode="after")
     def _names_are_safe(self) -> Params:
         """Domain and data set names become directory names; label names end up in reports (components.safety)."""
@@ -347,6 +309,37 @@ def _format_validation_error(error: ValidationError, path: Path) -> str:
             return {**data, "registry": {**(registry or {}), "tracking_uri": os.environ[TRACKING_ENV]}}
         return data
 
+    def domain(self, name: str) -> DomainConfig:
+        """Return one domain, or fail listing the domains that exist."""
+        if name not in self.domains:
+            raise ConfigError(f"unknown domain {name!r}; params.yaml defines: {', '.join(sorted(self.domains))}")
+        return self.domains[name]
+
+
+def _domain_reference_problems(name: str, domain: DomainConfig, datasets: dict[str, DatasetSpec]) -> list[str]:
+    """Dangling data set names and leakage through shared texts, found at load time rather than mid-run."""
+    key = f"domains.{name}"
+    if domain.dataset not in datasets:
+        return [f"{key}.dataset = {domain.dataset!r} is not declared under `datasets` (known: {', '.join(sorted(datasets))})"]
+    problems = []
+    target = datasets[domain.dataset]
+    for split_key in ("adapt_split", "eval_split"):
+        split = getattr(domain, split_key)
+        if split not in target.splits:
+            problems.append(f"{key}.{split_key} = {split!r}: {domain.dataset} has splits {target.splits}")
+    for source in domain.meta_sources:
+        if source not in datasets:
+            problems.append(f"{key}.meta_sources has {source!r}, not declared under `datasets`")
+        elif source == domain.dataset:
+            problems.append(f"{key}.meta_sources has the domain's own data set {source!r} (evaluation texts would leak)")
+        elif target.text_group and datasets[source].text_group == target.text_group:
+            problems.append(f"{key}.meta_sources has {source!r}, which shares texts (text_group "
+                            f"{target.text_group!r}) with the evaluated data set {domain.dataset!r}")
+    return problems
+
+
+def _format_validation_error(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s)"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<top level>"
         given = item.get("input")

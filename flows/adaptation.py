@@ -20,7 +20,7 @@ from components.batches import mark_adapted, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
 from flows.orchestration import adaptation_slot, check_domain, publish
-from flows.pipeline import run_domain, run_stage
+from flows.pipeline import run_domain, run_stage_in_process
 
 
 def _now() -> str:
@@ -89,7 +89,7 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
         if result["status"] == "ok":
             mark_adapted(project, domain, batches, flow_run.get_id())
             _merge_timings(project, domain, result["seconds"])
-            run_stage("summary", root, force=True)
+            run_stage_in_process("summary", root, force=True)  # in-process: no second import of the stack
     reports = project / "reports"
     outcome.update(registry=_read(reports / "registry" / f"{domain}.json"),
                    metrics=_read(reports / "metrics" / f"{domain}.json"),

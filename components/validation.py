@@ -109,12 +109,17 @@ def batch_spec(params: Any, domain: str, known_labels: Sequence[str], eval_texts
 
 def validate_domain(params: Any, domain: str, adapt: pd.DataFrame, evaluation: pd.DataFrame,
                     meta_pool: pd.DataFrame, runner: SuiteRunner | None = None) -> dict[str, ValidationOutcome]:
-    """Every suite of a domain's prepared tables: adaptation pool, evaluation split, each meta-training source."""
+    """Every suite of a domain's prepared tables: adaptation pool, evaluation split, each meta-training source
+    (its original rows; augmented copies are derived from them)."""
     runner = runner or SuiteRunner()
     labels = sorted(adapt[LABEL].dropna().unique()) if LABEL in adapt.columns else []
     eval_texts = evaluation[TEXT].tolist() if TEXT in evaluation.columns else []
     outcomes = {"adapt": validate_frame(_pair(adapt), adapt_spec(params, domain, labels, eval_texts), runner),
                 "eval": validate_frame(_pair(evaluation), eval_spec(params, domain, labels), runner)}
+    if "augmented" in meta_pool.columns:
+        # token-dropout copies often equal their original (nothing dropped from a short text): they are not
+        # duplicates in the data set; ingest's assert_no_leakage already covers them
+        meta_pool = meta_pool[~meta_pool["augmented"].astype(bool)]
     if len(meta_pool) and "source" in meta_pool.columns:
         for source, rows in meta_pool.groupby("source", sort=True):
             spec = meta_source_spec(params, domain, str(source), eval_texts)

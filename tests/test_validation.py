@@ -238,6 +238,17 @@ def test_each_meta_source_is_its_own_suite(shop):
     assert outcomes["meta_source.yelp"].failures == ["label [pandas check]: 1 label(s) with fewer than 2 rows: 'odd'=1"]
 
 
+def test_augmented_copies_are_not_counted_as_duplicates(shop):
+    _, params = shop
+    originals = pd.DataFrame({"text": ["good a", "good b", "bad a", "bad b"], "label": ["good", "good", "bad", "bad"]})
+    pool = pd.concat([originals.assign(augmented=False), originals.assign(augmented=True)]).assign(source="cr")
+    outcomes = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pool)
+    assert outcomes["meta_source.cr"].success
+    assert outcomes["meta_source.cr"].statistics["evaluated_expectations"] >= 7
+    doubled = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pool.drop(columns="augmented"))
+    assert any("duplicate share 0.50" in f for f in doubled["meta_source.cr"].failures)
+
+
 def test_stored_payload_clips_huge_texts():
     df = _frame()
     df.loc[0, "text"] = "y" * 100_000

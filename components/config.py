@@ -251,6 +251,21 @@ class RegistryConfig(_Strict):
                                   description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
 
 
+class OrchestrationConfig(_Strict):
+    """Schedules, new-data folders, retries and scale-out of the Prefect deployments (`metaadapt serve`)."""
+
+    retrain_cron: str = Field(default="0 3 * * *", min_length=9, description="full retraining schedule")
+    monitor_cron: str = Field(default="0 * * * *", min_length=9, description="drift monitoring schedule")
+    incoming_dir: str = Field(default="data/incoming", description="labelled CSVs dropped in <dir>/<domain>/")
+    traffic_dir: str = Field(default="data/traffic", description="unlabelled traffic batches, <dir>/<domain>/*")
+    watch_seconds: int = Field(default=60, ge=1, le=86_400, description="how often the incoming folder is scanned")
+    io_retries: int = Field(default=2, ge=0, le=10, description="retries of transient I/O (OSError) only")
+    io_retry_delays: list[float] = Field(default_factory=lambda: [1.0, 5.0], min_length=1)
+    dask_address: str | None = Field(default=None, description="an existing Dask scheduler; null = a LocalCluster")
+    dask_workers: int = Field(default=2, ge=1, le=256)
+    lock_timeout_seconds: float = Field(default=3600.0, gt=0.0, description="wait for a domain's running adaptation")
+
+
 class Params(_Strict):
     seed: int = Field(default=13, ge=0)
     data: DataConfig = DataConfig()
@@ -265,6 +280,7 @@ class Params(_Strict):
     drift: DriftConfig = DriftConfig()
     registry: RegistryConfig = RegistryConfig()
     validation: ValidationConfig = ValidationConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Params:

@@ -135,6 +135,24 @@ def build_domain_data(name: str, params: Params, mirror: Path | None, full: bool
     return DomainData(adapt, evaluation, pool, manifest)
 
 
+def merge_batches(data: DomainData, batches: pd.DataFrame) -> DomainData:
+    """Append a user's accepted labelled batches (components.batches) to the adaptation pool — never to the
+    evaluation split. Rows whose text is an evaluation text or already in the pool are dropped and counted; the
+    size caps do not apply (fresh labelled data is the point); labels new to the domain are allowed (the batch
+    suite accepted them only when declared in `domains.<d>.new_labels`). No batches: `data` is returned
+    unchanged, so the default run's outputs stay byte-identical."""
+    if batches.empty:
+        return data
+    # labels were checked when the batch was accepted (known labels or domains.<d>.new_labels); validate rechecks
+    rows, leaked = _remove_overlap(batches[["text", "label"]].astype(str), set(data.eval["text"].map(text_hash)))
+    rows, duplicates = _remove_overlap(rows, set(data.adapt["text"].map(text_hash)))
+    adapt = pd.concat([data.adapt, rows], ignore_index=True)
+    manifest = {**data.manifest, "adapt_rows": len(adapt),
+                "batches": {"rows_added": len(rows), "rows_dropped_as_eval_duplicates": leaked,
+                            "rows_dropped_as_pool_duplicates": duplicates}}
+    return DomainData(adapt, data.eval, data.meta_pool, manifest)
+
+
 def assert_no_leakage(evaluation: pd.DataFrame, *others: pd.DataFrame) -> None:
     """Raise when any evaluation text appears in an adaptation or meta-training table."""
     banned = set(evaluation["text"].map(text_hash))

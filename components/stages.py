@@ -92,10 +92,12 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
-    from components.prepare import assert_no_leakage, build_domain_data
+    from components.batches import load_batches
+    from components.prepare import assert_no_leakage, build_domain_data, merge_batches
 
     paths = StagePaths(root, domain)
     data = build_domain_data(domain, params, resolve_mirror(params.data, root), full=params.limits.full)
+    data = merge_batches(data, load_batches(root, domain))  # the user's accepted labelled batches, if any
     assert_no_leakage(data.eval, data.adapt, data.meta_pool)
     paths.prepared.mkdir(parents=True, exist_ok=True)
     for name in ("adapt", "eval", "meta_pool"):
@@ -374,9 +376,12 @@ def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
                      "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
                      "drift_detected": drift_info.get("dataset_drift")})
     caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
-    payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    timings = _read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
+    payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "stage_seconds": timings,
+               "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(root / "reports" / "summary.json", payload)
-    text = render_summary(rows, caps, params.encoder.name) + render_data_docs_links(params, root)
+    text = render_summary(rows, caps, params.encoder.name) + render_timings(timings)
+    text += render_data_docs_links(params, root)
     from components.plots import summary_plots
     from components.report_index import write_index
 
@@ -393,6 +398,19 @@ def render_data_docs_links(params: Params, root: Path) -> str:
     links = [f"[{d}]({Path(os.path.relpath(docs / d / 'index.html', root / 'reports')).as_posix()})"
              for d in params.domains if (docs / d / "index.html").is_file()]
     return f"\nData validation (Great Expectations Data Docs): {', '.join(links)}\n" if links else ""
+
+
+def render_timings(timings: dict[str, dict[str, float]]) -> str:
+    """Seconds per stage and domain as the flow measured them (DVC's skip of an up-to-date stage shows as ~1-2 s)."""
+    if not timings:
+        return ""
+    stages = list(dict.fromkeys(stage for per_stage in timings.values() for stage in per_stage))
+    lines = ["", "Seconds per stage (this run; an up-to-date stage is DVC's check only):", "",
+             "| domain | " + " | ".join(stages) + " | total |", "|---" * (len(stages) + 2) + "|"]
+    for domain, per_stage in timings.items():
+        cells = [f"{per_stage[s]:.1f}" if s in per_stage else "" for s in stages]
+        lines.append(f"| {domain} | " + " | ".join(cells) + f" | {sum(per_stage.values()):.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_summary(rows: list[dict], caps: str, encoder: str) -> str:

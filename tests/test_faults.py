@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from components import learner as learner_module
-from components import model_io, stages
+from components import stages
 from components.config import EpisodesConfig, RegistryConfig, load_params
 from components.episodes import sample_episodes, save_episodes
 from components.meta import CosineClassifier, Learner, ProjectionHead

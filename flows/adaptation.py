@@ -63,7 +63,8 @@ def adaptation_markdown(domain: str, outcome: dict, mlflow_uri: str) -> str:
     lines += [f"- model version v{registry.get('version')}: {verdict}",
               f"- gate: {registry.get('reason', 'n/a')}",
               f"- champion now: v{registry.get('champion_version')}",
-              f"- accuracy {metrics.get('accuracy', float('nan')):.4f}, macro-F1 {metrics.get('macro_f1', float('nan')):.4f} "
+              f"- accuracy {metrics.get('accuracy', float('nan')):.4f}, "
+              f"macro-F1 {metrics.get('macro_f1', float('nan')):.4f} "
               f"on {metrics.get('eval_rows')} held-out rows",
               f"- MLflow run `{registry.get('run_id')}` in `{mlflow_uri}` "
               f"(model `models:/{registry.get('name')}/{registry.get('version')}`)",
@@ -95,8 +96,9 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
                    metrics=_read(reports / "metrics" / f"{domain}.json"),
                    drift=_read(reports / "drift" / f"{domain}.json"),
                    drift_html=str(reports / "drift" / f"{domain}.html"), seconds=result["seconds"])
-    record_history(project, domain, {k: outcome[k] for k in ("started", "finished", "status", "reason", "flow_run",
-                                                             "batches")} | {"promoted": outcome["registry"].get("promoted")})
+    keys = ("started", "finished", "status", "reason", "flow_run", "batches")
+    promoted = outcome["registry"].get("promoted") if result["status"] == "ok" else None
+    record_history(project, domain, {k: outcome[k] for k in keys} | {"promoted": promoted})
     publish(adaptation_markdown(domain, outcome, tracking_uri(params.registry, project)), "adaptation", domain,
             f"adaptation of {domain}: {outcome['status']}")
     if result["status"] != "ok":

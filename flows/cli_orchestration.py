@@ -24,9 +24,11 @@ def serve(limit: int = typer.Option(None, help="Most flow runs at once in this p
     serve_all(PROJECT_ROOT, limit)
 
 
-def ingest(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Labelled CSV/TSV/JSONL/parquet (text,label)."),
+def ingest(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="Labelled CSV/TSV/JSONL/parquet (text,label)."),
            domain: str = typer.Option(..., "--domain", "-d", help="Domain from params.yaml."),
-           now: bool = typer.Option(False, "--now", help="Also adapt here and now (no served deployment needed).")) -> None:
+           now: bool = typer.Option(False, "--now",
+                                    help="Also adapt here and now (no served deployment needed).")) -> None:
     """Validate a labelled batch, store it once (by content hash) and emit the event that starts the domain's
     adaptation (`metaadapt serve` must be running for that, unless --now). A bad file is quarantined."""
     from flows.incoming import ingest_batch

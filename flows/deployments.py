@@ -54,7 +54,8 @@ def build_deployments(params: Params, root: Path) -> list:
             triggers=[domain_trigger(DRIFT_DETECTED, {**where, "reasons_text": "{{ event.payload.reasons_text }}",
                                                       "report": "{{ event.payload.report }}"})]),
         watch_incoming.to_deployment(name="watch-incoming", interval=timedelta(seconds=schedule.watch_seconds),
-                                     parameters=where, description="Pick up labelled files in data/incoming/<domain>/."),
+                                     parameters=where,
+                                     description="Pick up labelled files in data/incoming/<domain>/."),
     ]
 
 

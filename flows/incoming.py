@@ -65,8 +65,9 @@ def announce(batch: dict) -> str | None:
 
 def batch_markdown(batch: dict, event_id: str | None) -> str:
     if not batch["is_new"]:
-        return (f"# Batch for `{batch['domain']}` already processed\n\n`{batch['source']}` has the same rows as batch "
-                f"`{batch['sha256'][:16]}` received {batch['received_at']} (status: {batch['status']}); nothing to do.\n")
+        return (f"# Batch for `{batch['domain']}` already processed\n\n`{batch['source']}` has the same rows as "
+                f"batch `{batch['sha256'][:16]}` received {batch['received_at']} (status: {batch['status']}); "
+                f"nothing to do.\n")
     return (f"# New batch for `{batch['domain']}`\n\n- source: `{batch['source']}`, {batch['rows']} rows\n"
             f"- stored as `{batch['path']}` (sha256 `{batch['sha256'][:16]}`)\n"
             f"- event `{BATCH_ACCEPTED}` {event_id or '(not sent)'} → adaptation deployment\n")

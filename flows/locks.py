@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 LOCK_DIR = ".locks"
 
@@ -42,11 +42,11 @@ def file_lock(path: Path, timeout: float, poll: float = 0.2) -> Iterator[float]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def domain_lock(root: Path, domain: str, timeout: float) -> contextmanager:
+def domain_lock(root: Path, domain: str, timeout: float) -> ContextManager[float]:
     """At most one adaptation of `domain` in this project at a time, whatever started it."""
     return file_lock(Path(root) / LOCK_DIR / f"adapt-{domain}.lock", timeout)
 
 
-def dvc_lock(root: Path, timeout: float = 3600.0) -> contextmanager:
+def dvc_lock(root: Path, timeout: float = 3600.0) -> ContextManager[float]:
     """One DVC command at a time in this repository (DVC fails, rather than waits, on its own lock)."""
     return file_lock(Path(root) / LOCK_DIR / "dvc.lock", timeout)

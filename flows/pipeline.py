@@ -145,6 +145,22 @@ def write_run_status(root: Path, results: dict) -> Path:
     return path
 
 
+def publish_run_artifact(root: Path, params, results: dict) -> None:
+    """The run's markdown artifact: the summary table, each domain's MLflow run and drift report, failures."""
+    from components.registry import tracking_uri
+    from flows.orchestration import publish
+
+    summary_file = root / "reports" / "summary.md"
+    lines = [summary_file.read_text(encoding="utf-8") if summary_file.is_file() else "# MetaAdapt run", "",
+             f"MLflow: `{tracking_uri(params.registry, root)}`", ""]
+    for name, result in results.items():
+        registry = root / "reports" / "registry" / f"{name}.json"
+        run_id = json.loads(registry.read_text()).get("run_id") if registry.is_file() else None
+        state = "ok" if result["status"] == "ok" else f"**failed at {result['failed_stage']}** (champion unchanged)"
+        lines.append(f"- `{name}`: {state}; MLflow run `{run_id}`; drift report `reports/drift/{name}.html`")
+    publish("\n".join(lines) + "\n", "pipeline-run", None, "MetaAdapt pipeline run")
+
+
 @flow(name="metaadapt-pipeline", log_prints=True)
 def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), force: bool = False) -> dict:
     """ingest → validate → episodes → meta-train → adapt → evaluate → register → drift, per domain; then a summary."""
@@ -158,6 +174,7 @@ def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), fo
         run_stage("summary", root, force=True)  # always: a failed domain's old metrics are unchanged files
     finally:
         status_file.unlink(missing_ok=True)
+    publish_run_artifact(Path(root), params, results)
     failed = [name for name, result in results.items() if result["status"] != "ok"]
     if failed:
         raise RuntimeError(f"domain(s) failed: {', '.join(failed)}; see the log and reports/summary.md "

@@ -54,6 +54,17 @@ def test_merge_batches_never_touches_the_evaluation_split() -> None:
     assert merge_batches(data, batch.iloc[:0]) is data  # no batches: byte-identical default run
 
 
+def test_only_transient_io_errors_are_retried() -> None:
+    from components.data import DataError
+    from components.quarantine import BatchRejected
+    from flows.orchestration import is_transient
+
+    assert is_transient(OSError("disk busy")) and is_transient(ConnectionError("reset"))
+    assert is_transient(TimeoutError("slow share"))
+    assert not is_transient(DataError("bad file")) and not is_transient(ValueError("bad value"))
+    assert issubclass(BatchRejected, ValueError)  # a rejected batch is never retried
+
+
 # ------------------------------------------------------------------------------ served deployments
 
 
@@ -84,7 +95,7 @@ def latest_artifact(key: str) -> str | None:
 
 
 def write_batch(path: Path, seed: int) -> Path:
-    rows = [(t, "positive") for t in sentences("positive", 4, seed)] + [(t, "negative") for t in sentences("negative", 4, seed)]
+    rows = [(text, label) for label in ("positive", "negative") for text in sentences(label, 4, seed)]
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
     return path
 
@@ -175,8 +186,8 @@ def test_concurrent_triggers_for_one_domain_run_one_at_a_time(project: Path, ser
 
     before = len(history(project))
     for n in (1, 2):
-        run_deployment(ADAPT_DEPLOYMENT, parameters={"domain": DOMAIN, "root": str(project), "reason": f"concurrent-{n}"},
-                       timeout=0)
+        run_deployment(ADAPT_DEPLOYMENT, timeout=0,
+                       parameters={"domain": DOMAIN, "root": str(project), "reason": f"concurrent-{n}"})
     runs = [r for r in adapted_runs(project, before + 2) if r["reason"].startswith("concurrent-")]
     first, second = sorted(runs, key=lambda r: r["started"])
     assert first["status"] == second["status"] == "ok"
@@ -194,3 +205,22 @@ def test_drift_with_no_labelled_data_waiting_publishes_an_alert(project: Path, s
     assert results[DOMAIN]["drift_detected"], results
     alert = wait_for(lambda: latest_artifact("drift-alert-reviews"), 120, "the drift alert artifact (see serve.log)")
     assert "no labelled batch is waiting" in alert and "what drifted" in alert
+
+
+def test_failed_adaptation_keeps_champion_and_batches_and_says_why(project: Path, served) -> None:
+    from components.registry import champion_info
+    from flows.adaptation import adapt_domain
+
+    params = load_params(project / "params.yaml")
+    champion = champion_info(DOMAIN, params.registry, project)
+    frame = pd.read_csv(write_batch(project / "batch3.csv", seed=303))
+    stored = store_batch(frame, DOMAIN, "batch3.csv", project)
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["domains"][DOMAIN]["k"] = 500  # more examples per label than the pool has: the chain must fail
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(RuntimeError, match=r"failed at stage (validate|adapt).*champion and data unchanged"):
+        adapt_domain(DOMAIN, str(project), reason="bad k")
+    assert champion_info(DOMAIN, params.registry, project) == champion
+    assert [r.status for r in read_ledger(project, DOMAIN) if r.sha256 == stored.record.sha256] == ["accepted"]
+    assert history(project)[-1]["status"] == "failed"
+    assert "failed at stage" in latest_artifact("adaptation-reviews")

@@ -55,6 +55,23 @@ QUICK = {"ks": [0, 8], "seeds": 2, "eval_max_rows": 300, "meta_epochs": 2, "trai
          "methods": list(EMBEDDING_METHODS), "throughput_texts": 64}
 
 
+# Support-set augmentation arms (--augment): which operations each applies; strengths come from params `augment`.
+AUGMENT_ARMS = {"none": (), "text": ("text",), "noise": ("noise",), "mixup": ("mixup",),
+                "embedding": ("noise", "mixup"), "text+embedding": ("text", "noise", "mixup")}
+AUGMENTED_METHODS = ("metaadapt", "prototypes")
+
+
+def arm_plan(arm: str, params, copies: int):
+    """The SupportAugmentation of one arm: `copies` per support example for each of its operations."""
+    from components.augment import SupportAugmentation
+
+    ops, config = AUGMENT_ARMS[arm], params.augment
+    return SupportAugmentation(text_copies=copies if "text" in ops else 0,
+                               text_ops=tuple(config.text_ops.model_dump().items()),
+                               noise_copies=copies if "noise" in ops else 0, noise_std=config.adapt.noise_std,
+                               mixup_copies=copies if "mixup" in ops else 0, mixup_alpha=config.adapt.mixup_alpha)
+
+
 QUICK_LIMITS = {"meta_max_rows_per_source": 400, "adapt_pool_max_rows": 600, "adapt_min_rows_per_label": 16}
 
 
@@ -101,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--setfit-epochs", type=int, default=1,
                         help="setfit: body training epochs (default: %(default)s)")
     parser.add_argument("--setfit-batch-size", type=int, default=16, help="setfit: batch size (default: %(default)s)")
+    parser.add_argument("--augment", default="none",
+                        help="comma-separated support-set augmentation arms for metaadapt and prototypes, e.g. "
+                             f"none,text,noise,mixup,embedding,text+embedding (known: {', '.join(AUGMENT_ARMS)}); "
+                             "strengths from params.yaml `augment`; every arm runs on the same support sets and "
+                             "the report pairs each arm with `none` seed by seed (default: %(default)s)")
+    parser.add_argument("--augment-copies", type=int, default=2,
+                        help="copies per support example for each operation of an arm (default: %(default)s)")
     parser.add_argument("--plot-k", type=int, default=8,
                         help="K shown in the accuracy-vs-adaptation-time plot (default: %(default)s)")
     parser.add_argument("--params", type=Path, default=None, help="params file (default: the project's params.yaml)")
@@ -121,7 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.meta_epochs = args.meta_epochs if args.meta_epochs is not None else quick.get("meta_epochs")
     args.train_episodes = args.train_episodes or quick.get("train_episodes")
     args.throughput_texts = args.throughput_texts or quick.get("throughput_texts", 512)
-    args.out = args.out or ROOT / "benchmarks" / "results" / ("quick" if args.quick else "")
+    args.augment = [arm.strip() for arm in args.augment.split(",") if arm.strip()]
+    unknown = [arm for arm in args.augment if arm not in AUGMENT_ARMS]
+    if unknown or not args.augment:
+        parser.error(f"--augment: unknown arm(s) {unknown}; known: {', '.join(AUGMENT_ARMS)}")
+    if "none" not in args.augment:
+        args.augment.insert(0, "none")  # the reference every other arm is paired with
+    default_out = "quick" if args.quick else ("augment" if len(args.augment) > 1 else "")
+    args.out = args.out or ROOT / "benchmarks" / "results" / default_out
     if any(k < 0 for k in args.ks) or args.seeds < 1:
         parser.error("K values must be >= 0 and --seeds >= 1")
     return args
@@ -290,7 +321,8 @@ def prepare_domain(domain: str, params, mirror, args, encoder_box: dict, log: Cl
             embed_seconds = time.perf_counter() - tick
             max_drift = max(max_drift, float(np.abs(fresh - vectors).max()))
             supports.append({"k": k, "seed": seed, "texts": texts, "labels": support_labels,
-                             "vectors": vectors, "embed_s": embed_seconds})
+                             "vectors": vectors, "embed_s": embed_seconds,
+                             "extras": support_arms(texts, support_labels, vectors, k, seed, params, args, encoder)})
         if k in args.ks and supports and supports[-1]["k"] == k:
             times = [s["embed_s"] for s in supports if s["k"] == k]
             log(f"{domain}: K={k}: {len(times)} support sets, fresh support embedding {np.mean(times):.2f}s each")
@@ -299,6 +331,31 @@ def prepare_domain(domain: str, params, mirror, args, encoder_box: dict, log: Cl
             "meta_pool": data.meta_pool if needs_meta else None, "meta_vectors": meta_vectors,
             "supports": supports, "skipped": skipped, "manifest": data.manifest,
             "cache_vs_fresh_max_abs_diff": max_drift}
+
+
+def support_arms(texts: list[str], labels: list[str], vectors: np.ndarray, k: int, seed: int, params, args,
+                 encoder) -> dict:
+    """Augmented rows of one support set for every --augment arm (K=0 prompts are never augmented).
+
+    Text copies are embedded through the pipeline's cache (``stages.embed``), so reruns only read them; the seconds
+    recorded are those of that call (a cache read on reruns), not of a fresh pass.
+    """
+    from components.augment import augment_support
+    from components.stages import embed
+
+    out = {}
+    if k == 0:
+        return out
+    augment_seed = params.augment.seed if params.augment.seed is not None else seed
+    for arm in args.augment:
+        if arm == "none":
+            continue
+        tick = time.perf_counter()
+        extras = augment_support(texts, labels, vectors, arm_plan(arm, params, args.augment_copies),
+                                 augment_seed + seed - params.seed,
+                                 lambda batch: embed(batch, params, ROOT, encoder))
+        out[arm] = {"extras": extras, "seconds": time.perf_counter() - tick}
+    return out
 
 
 def group_ks(method: str, ks: list[int], slow_ks: list[int]) -> list[int]:
@@ -354,7 +411,7 @@ def _row(job: dict, support: dict, predicted: list[str], embed_s: float, fit_s: 
            "n_labels": len(job["labels"]), "support_size": len(support["texts"]),
            **scores(job["eval_labels"], predicted, job["labels"]),
            "embed_s": embed_s, "fit_s": fit_s, "adapt_s": embed_s + fit_s, **extra}
-    _say(job, f"K={row['k']} seed {row['seed']}: acc {row['accuracy']:.3f} macro-F1 {row['macro_f1']:.3f} "
+    _say(job, f"K={row['k']} seed {row['seed']}{'' if row.get('augment', 'none') == 'none' else ' +' + row['augment']}: acc {row['accuracy']:.3f} macro-F1 {row['macro_f1']:.3f} "
               f"adapt {row['adapt_s']:.2f}s (embed {embed_s:.2f} + fit {fit_s:.2f})")
     return row
 
@@ -418,8 +475,14 @@ def embedding_group(job: dict) -> dict:
     elif method == "prototypes":
         head = ProjectionHead(job["eval_vectors"].shape[1], params.meta.temperature_init)
         config = params.adapt.model_copy(update={"method": "proto"})
-    def fit(support: dict) -> tuple[Callable[[np.ndarray], list[str]], dict]:
-        """The method's adaptation on one support set; returns a vectors -> labels predictor."""
+    def fit(support: dict, arm: str = "none") -> tuple[Callable[[np.ndarray], list[str]], dict]:
+        """The method's adaptation on one support set (plus an arm's augmented rows); a vectors -> labels predictor."""
+        from components.meta import make_extras
+
+        extras = None
+        if arm != "none":
+            extra = support["extras"][arm]["extras"]
+            extras = make_extras(extra.vectors, extra.labels, extra.origins, labels, "cpu")
         if method == "linear_probe":
             from sklearn.linear_model import LogisticRegression
 
@@ -434,11 +497,13 @@ def embedding_group(job: dict) -> dict:
             # the meta-trained or the untrained head
             candidates = {"meta": head, "identity": ProjectionHead(head.linear.in_features, params.meta.temperature_init)}
             _, chosen, classifier = adapt_select(candidates, x, support["labels"], config, support["seed"],
-                                                 label_order=labels)
+                                                 label_order=labels, extras=extras)
         else:
-            classifier = adapt(head, x, support["labels"], config, support["seed"], label_order=labels)
+            classifier = adapt(head, x, support["labels"], config, support["seed"], label_order=labels,
+                               extras=extras)
         return (lambda vectors: classifier.predict(chosen, torch.as_tensor(vectors))), \
-            {"steps": classifier.info.get("steps", 0), "head": classifier.info.get("head", "meta")}
+            {"steps": classifier.info.get("steps", 0), "head": classifier.info.get("head", "meta"),
+             "augment": arm, "augmented_rows": classifier.info.get("augmented_rows", 0)}
 
     # Warm-up, untimed in the rows: the first fit of a process pays one-off costs (lazy imports, allocator,
     # kernel set-up: 0.5-3 s measured here) that would otherwise all land on the first seed.
@@ -456,6 +521,13 @@ def embedding_group(job: dict) -> dict:
         if throughput is None and support["k"] == tp_k:
             throughput = _throughput(job["throughput_texts"],
                                      lambda texts: predict(encoder.encode(texts, params.encoder.batch_size)), tp_k)
+        arms = support.get("extras", {}) if method in AUGMENTED_METHODS else {}
+        for arm, built in arms.items():
+            tick = time.perf_counter()
+            predict, extra = fit(support, arm)
+            fit_s = time.perf_counter() - tick
+            rows.append(_row(job, support, predict(eval_vectors), support["embed_s"], fit_s,
+                             augment_build_s=built["seconds"], **extra))
     return {"rows": rows, "throughput": throughput, "meta": meta, "model_load_s": load_s,
             "first_fit_s": first_fit_s}
 
@@ -565,6 +637,8 @@ def setfit_group(job: dict) -> dict:
 
 
 def aggregate(rows: list[dict], groups: list[dict]) -> list[dict]:
+    """Per (domain, method, K) over seeds, without augmentation (the --augment arms are in augment_table)."""
+    rows = [r for r in rows if r.get("augment", "none") == "none"]
     peaks = {(g["domain"], g["method"]): g for g in groups}
     out = []
     keys = sorted({(r["domain"], r["method"], r["k"]) for r in rows},
@@ -584,6 +658,75 @@ def aggregate(rows: list[dict], groups: list[dict]) -> list[dict]:
                     "fit_s": float(np.mean([r["fit_s"] for r in mine])),
                     "texts_per_s": tp.get("texts_per_s"), "peak_mib": group.get("peak_mib")})
     return out
+
+
+def augment_table(rows: list[dict]) -> list[dict]:
+    """Each augmentation arm against `none` on the same support sets: mean ± 95% CI of accuracy and of the paired
+    per-seed difference. Verdict: "helps" / "hurts" when the difference's interval excludes 0, else
+    "no measurable effect"."""
+    base = {(r["domain"], r["method"], r["k"], r["seed"]): r for r in rows if r.get("augment", "none") == "none"}
+    keys = sorted({(r["domain"], r["method"], r["k"], r["augment"]) for r in rows
+                   if r.get("augment", "none") != "none"},
+                  key=lambda key: (key[0], ALL_METHODS.index(key[1]), key[2], list(AUGMENT_ARMS).index(key[3])))
+    out = []
+    for domain, method, k, arm in keys:
+        mine = [r for r in rows if (r["domain"], r["method"], r["k"], r.get("augment")) == (domain, method, k, arm)]
+        pairs = [(r, base[(domain, method, k, r["seed"])]) for r in mine if (domain, method, k, r["seed"]) in base]
+        acc, acc_ci = mean_ci([r["accuracy"] for r, _ in pairs])
+        ref, ref_ci = mean_ci([b["accuracy"] for _, b in pairs])
+        delta, delta_ci = mean_ci([r["accuracy"] - b["accuracy"] for r, b in pairs])
+        f1_delta, f1_delta_ci = mean_ci([r["macro_f1"] - b["macro_f1"] for r, b in pairs])
+        verdict = "no measurable effect"
+        if math.isfinite(delta_ci) and delta - delta_ci > 0:
+            verdict = "helps"
+        elif math.isfinite(delta_ci) and delta + delta_ci < 0:
+            verdict = "hurts"
+        elif not math.isfinite(delta_ci):
+            verdict = "not enough seeds"
+        out.append({"domain": domain, "method": method, "k": k, "augment": arm, "n_seeds": len(pairs),
+                    "accuracy": acc, "accuracy_ci95": acc_ci, "none_accuracy": ref, "none_accuracy_ci95": ref_ci,
+                    "delta_accuracy": delta, "delta_accuracy_ci95": delta_ci,
+                    "delta_macro_f1": f1_delta, "delta_macro_f1_ci95": f1_delta_ci, "verdict": verdict,
+                    "augmented_rows_mean": float(np.mean([r.get("augmented_rows", 0) for r, _ in pairs])),
+                    "fit_s": float(np.mean([r["fit_s"] for r, _ in pairs])),
+                    "none_fit_s": float(np.mean([b["fit_s"] for _, b in pairs])),
+                    "augment_build_s": float(np.mean([r.get("augment_build_s", 0.0) for r, _ in pairs]))})
+    return out
+
+
+def render_augment_markdown(payload: dict, table: list[dict]) -> str:
+    """augment.md: accuracy per arm, the paired difference to `none` and the verdict."""
+    m, c = payload["machine"], payload["config"]
+    out = ["# Support-set augmentation at adaptation time", ""]
+    if not payload["complete"]:
+        out += ["**PARTIAL RESULTS: the run had not finished when this was written.**", ""]
+    out += [f"Generated {m['date']} by `{m['command']}` at commit {str((m.get('git') or {}).get('commit'))[:10]}"
+            + (" with uncommitted changes to " + ", ".join(m["git"]["uncommitted_changes"])
+               if (m.get("git") or {}).get("uncommitted_changes") else "") + ".", "",
+            f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores. Arms {c['augment']} with {c['augment_copies']} "
+            f"copies per support example per operation; strengths from params.yaml `augment` "
+            f"(text ops {c['augment_params']['text_ops']}, noise std {c['augment_params']['adapt']['noise_std']}, "
+            f"mixup alpha {c['augment_params']['adapt']['mixup_alpha']}). Same support sets for every arm "
+            f"(seeds {c['seed_values']}).", "",
+            "acc: accuracy % on the held-out split, mean ± 95% t-interval over seeds. Δ: the paired per-seed "
+            "difference to `none` (same support set), mean ± 95% t-interval, in accuracy points; **helps** / "
+            "**hurts** only when that interval excludes 0, otherwise *no measurable effect*. "
+            "rows: augmented rows added per support set (mean). fit s: adaptation fit time (the text arms also "
+            "need an encoder pass over their copies, not included here).", "",
+            "| domain | method | K | arm | acc % | none acc % | Δ acc points | Δ macro-F1 points | verdict | rows "
+            "| fit s (none) | seeds |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for a in table:
+        delta = _cell(a["delta_accuracy"], a["delta_accuracy_ci95"])
+        f1 = _cell(a["delta_macro_f1"], a["delta_macro_f1_ci95"])
+        out.append(f"| {a['domain']} | {a['method']} | {a['k']} | {a['augment']} "
+                   f"| {_cell(a['accuracy'], a['accuracy_ci95'])} | {_cell(a['none_accuracy'], a['none_accuracy_ci95'])} "
+                   f"| {'+' if a['delta_accuracy'] > 0 else ''}{delta} | {'+' if a['delta_macro_f1'] > 0 else ''}{f1} "
+                   f"| {a['verdict']} | {a['augmented_rows_mean']:.0f} | {a['fit_s']:.2f} ({a['none_fit_s']:.2f}) "
+                   f"| {a['n_seeds']} |")
+    counts = {v: sum(a["verdict"] == v for a in table) for v in ("helps", "hurts", "no measurable effect")}
+    out += ["", "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + f" of {len(table)} cells.", ""]
+    return "\n".join(out)
 
 
 def _find(aggregates: list[dict], domain: str, method: str, k: int) -> dict | None:
@@ -788,6 +931,8 @@ def write_outputs(state: dict, complete: bool) -> tuple[str, bool]:
                           "encoder": params.encoder.name,
                           "max_length": params.encoder.max_length, "meta_epochs": params.meta.epochs,
                           "train_episodes": params.episodes.train_episodes, "options": state["options"],
+                          "augment": args.augment, "augment_copies": args.augment_copies,
+                          "augment_params": params.augment.model_dump(),
                           "meta": params.meta.model_dump(), "adapt": params.adapt.model_dump(),
                           "episodes": params.episodes.model_dump(), "limits": params.limits.model_dump(),
                           "isolation": "in-process" if args.in_process else "spawned child process per group"},
@@ -802,6 +947,12 @@ def write_outputs(state: dict, complete: bool) -> tuple[str, bool]:
     (args.out / "fewshot.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     markdown = render_markdown(payload)
     (args.out / "fewshot.md").write_text(markdown, encoding="utf-8")
+    if len(args.augment) > 1:
+        table = clean(augment_table(state["rows"]))
+        (args.out / "augment.json").write_text(json.dumps({"complete": complete, "machine": payload["machine"],
+                                                           "config": payload["config"], "arms": table},
+                                                          indent=2), encoding="utf-8")
+        (args.out / "augment.md").write_text(render_augment_markdown(payload, table), encoding="utf-8")
     return markdown, plot(payload["aggregates"], args.plot_k, args.out / "fewshot.png")
 
 
@@ -888,7 +1039,8 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append({"domain": domain, "method": method, "reason": reason})
                 continue
             job = {"domain": domain, "method": method, "params": params, "labels": task["labels"], "ks": ks,
-                   "supports": [s if method in EMBEDDING_METHODS else {**s, "vectors": None}
+                   "supports": [{**s, "extras": s["extras"] if method in AUGMENTED_METHODS else {}}
+                                if method in EMBEDDING_METHODS else {**s, "vectors": None, "extras": {}}
                                 for s in task["supports"] if s["k"] in ks],
                    "eval_texts": task["eval_texts"], "eval_labels": task["eval_labels"],
                    "eval_vectors": task["eval_vectors"] if method in EMBEDDING_METHODS else None,
@@ -924,6 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown, plotted = write_outputs(state, complete=True)
     print()
     print(markdown)
+    if len(args.augment) > 1:
+        print((args.out / "augment.md").read_text(encoding="utf-8"))
     log(f"wrote {args.out / 'fewshot.json'}, {args.out / 'fewshot.md'}"
         + (f", {args.out / 'fewshot.png'}" if plotted else f" (no plot: no K={args.plot_k} results)"))
     return 0

@@ -10,8 +10,9 @@ banking intents, half long clothing reviews, from the domains' held-out splits):
   embed      ``encoder.embed_texts`` with nothing cached: the path of adaptation, evaluation and drift
   embed_int8 the same with ``encoder.quantize: int8`` (dynamic int8 Linear layers)
 
-The rounds interleave the paths and keep each one's best round, so load from other processes hits them alike; the
-load average is printed at start and end. Also measured: the embedding cache's hit rate on a second pass, meta-
+The rounds interleave the paths (rotating their order) and each path is divided by the limit of its own round, so
+load from other processes hits them alike; the median over rounds is reported, with the load average at start and
+end. Also measured: the embedding cache's hit rate on a second pass, meta-
 training episodes/s and peak memory for the ``head`` and ``lora`` scopes (each in its own process), and with
 ``--accuracy`` the int8 accuracy change per target domain (benchmarks/fewshot.py, metaadapt at K=8, seed 13, run
 with and without quantization on the same support sets).
@@ -48,11 +49,11 @@ PARTS = ("paths", "cache", "meta", "accuracy")  # accuracy: fewshot.py (metaadap
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/throughput.py",
                                      description="Encoder throughput of the project's paths vs a bare forward pass.")
-    parser.add_argument("--texts", type=int, default=2000, help="texts per pass, half intents half reviews (%(default)s)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128],
+    parser.add_argument("--texts", type=int, default=300, help="texts per pass, half intents half reviews (%(default)s)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128],
                         help="batch sizes tried for the limit (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; best kept (%(default)s)")
-    parser.add_argument("--meta-episodes", type=int, nargs=2, default=[400, 40], metavar=("HEAD", "LORA"),
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds (%(default)s)")
+    parser.add_argument("--meta-episodes", type=int, nargs=2, default=[400, 8], metavar=("HEAD", "LORA"),
                         help="meta-training episodes timed for the head and lora scopes (default: %(default)s)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=["paths", "cache", "meta"],
                         help="what to measure (default: %(default)s); parts measured earlier stay in throughput.json, "
@@ -156,7 +157,12 @@ class BareForward:
 
 
 def measure_paths(params, texts: list[str], args) -> dict:
-    """Best batch size for the limit, then interleaved rounds of limit / predict / embed / embed_int8."""
+    """Interleaved rounds: the limit at each batch size, predict, embed and embed_int8, in a rotated order.
+
+    Why per-round ratios: on shared cores the load changes from minute to minute, so a path is compared with the
+    limit measured in the same round (the limit of a round = its fastest batch size); the reported ratio is the
+    median over rounds. The rotation keeps any path from always running right after the same neighbour.
+    """
     import torch
 
     from components.encoder import embed_texts, load_encoder, resolve_model_path
@@ -165,30 +171,29 @@ def measure_paths(params, texts: list[str], args) -> dict:
     config = params.encoder.model_copy(update={"device": "cpu"})
     int8_config = config.model_copy(update={"quantize": "int8"})
     bare = BareForward(resolve_model_path(config.name), texts, config.max_length)
-    bare.run(bare.batches(32)[:2])  # warm-up
-    sweep = {bs: texts_per_second(lambda b=bare.batches(bs): bare.run(b), len(texts)) for bs in args.batch_sizes}
-    best_bs = max(sweep, key=sweep.get)
-    print(f"limit batch-size sweep (texts/s): { {k: round(v, 1) for k, v in sweep.items()} } -> {best_bs}", flush=True)
-    limit_batches = bare.batches(best_bs)
-
     encoder, int8_encoder = load_encoder(config), load_encoder(int8_config)
     predictor, predictor_source = build_predictor(params, config, encoder)
-    paths: dict[str, Callable[[], Any]] = {
-        "limit": lambda: bare.run(limit_batches),
-        "predict": lambda: predictor.predict_proba(texts),
-        "embed": lambda: embed_texts(texts, config, None, encoder),
-        "embed_int8": lambda: embed_texts(texts, int8_config, None, int8_encoder),
-    }
-    predictor.predict_proba(texts[:32]), int8_encoder.encode(texts[:32])  # warm-up; builds the int8 copy once
-    rounds: dict[str, list[float]] = {name: [] for name in paths}
+    paths: dict[str, Callable[[], Any]] = {f"limit@{bs}": (lambda b=bare.batches(bs): bare.run(b))
+                                           for bs in args.batch_sizes}
+    paths.update({"predict": lambda: predictor.predict_proba(texts),
+                  "embed": lambda: embed_texts(texts, config, None, encoder),
+                  "embed_int8": lambda: embed_texts(texts, int8_config, None, int8_encoder)})
+    bare.run(bare.batches(32)[:2]), predictor.predict_proba(texts[:32]), int8_encoder.encode(texts[:32])  # warm-up
+    names = list(paths)
+    rounds: dict[str, list[float]] = {name: [] for name in names}
     for index in range(args.rounds):
-        for name, run in paths.items():
-            rounds[name].append(texts_per_second(run, len(texts)))
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            rounds[name].append(texts_per_second(paths[name], len(texts)))
         print(f"round {index + 1}: " + ", ".join(f"{n} {v[-1]:.1f}/s" for n, v in rounds.items()), flush=True)
-    best = {name: max(values) for name, values in rounds.items()}
-    return {"batch_size_sweep": sweep, "limit_batch_size": best_bs, "project_batch_size": config.batch_size,
-            "rounds": rounds, "texts_per_second": best,
-            "ratio_to_limit": {name: best[name] / best["limit"] for name in paths},
+    limits = [f"limit@{bs}" for bs in args.batch_sizes]
+    rounds["limit"] = [max(rounds[n][i] for n in limits) for i in range(args.rounds)]
+    per_round = {name: [v / lim for v, lim in zip(rounds[name], rounds["limit"])] for name in rounds}
+    best_bs = max(args.batch_sizes, key=lambda bs: float(np.median(rounds[f"limit@{bs}"])))
+    return {"limit_batch_size": best_bs, "project_batch_size": config.batch_size, "rounds": rounds,
+            "batch_size_sweep": {bs: float(np.median(rounds[f"limit@{bs}"])) for bs in args.batch_sizes},
+            "texts_per_second": {name: float(np.median(values)) for name, values in rounds.items()},
+            "ratio_per_round": per_round,
+            "ratio_to_limit": {name: float(np.median(values)) for name, values in per_round.items()},
             "predict_model": predictor_source,
             "int8_vs_float_cosine_min": int8_cosine(texts[:256], encoder, int8_encoder),
             "cosine_texts": min(256, len(texts))}
@@ -383,10 +388,10 @@ def tail_tables(payload: dict) -> list[str]:
 
 
 def paths_table(p: dict) -> list[str]:
-    lines = [f"Texts: {p['texts']['count']} ({p['texts']['mix']}); encoder max_length {p['max_length']}; best of "
-             f"{len(p['rounds']['limit'])} interleaved rounds.", "",
+    lines = [f"Texts: {p['texts']['count']} ({p['texts']['mix']}); encoder max_length {p['max_length']}; "
+             f"{len(p['rounds']['limit'])} interleaved rounds (medians; ratio = median of per-round ratios).", "",
              "| path | texts/s | ratio to limit |", "|---|---|---|"]
-    names = {"limit": f"limit: bare transformers forward, batch {p['limit_batch_size']}",
+    names = {"limit": "limit: bare transformers forward, fastest batch size of each round",
              "predict": f"predict (`Predictor.predict_proba`, batch {p['project_batch_size']})",
              "embed": f"embed (`embed_texts`, nothing cached, batch {p['project_batch_size']})",
              "embed_int8": "embed, `encoder.quantize: int8`"}

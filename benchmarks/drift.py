@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=200, help="rows per current batch")
     parser.add_argument("--seed-base", type=int, default=1000, help="first trial seed")
     parser.add_argument("--labelled", action="store_true", help="current batches carry true labels too")
+    parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     return parser.parse_args(argv)
 
@@ -190,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     for domain in domains:
         other = next(d for d in everyone[everyone.index(domain) + 1:] + everyone if d != domain)
         bench = DomainBench(params, domain, other, args.labelled)
-        for scenario in SCENARIOS:
+        for scenario in args.scenarios:
             for trial in range(args.trials):
                 rows.append(bench.trial(scenario, args.rows, args.seed_base + trial))
             flagged = sum(r["detected"] for r in rows[-args.trials:])
             print(f"{domain:20s} {scenario:13s} flagged {flagged}/{args.trials}", flush=True)
     aggregates = aggregate(rows)
     result = {"machine": machine_info(argv), "total_wall_s": time.perf_counter() - started,
-              "config": {"domains": domains, "trials": args.trials, "rows": args.rows, "seed_base": args.seed_base,
+              "config": {"domains": domains, "scenarios": args.scenarios, "trials": args.trials, "rows": args.rows, "seed_base": args.seed_base,
                          "labelled": args.labelled, "drift": params.drift.model_dump(),
                          "other_domain_of": {d: next(o for o in everyone[everyone.index(d) + 1:] + everyone
                                                      if o != d) for d in domains}},

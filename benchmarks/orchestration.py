@@ -119,12 +119,18 @@ def bench_latency(root: Path, domain: str) -> dict:
                 raise TimeoutError("no new champion after 900 s; see serve.log")
             time.sleep(1)
         latency = time.perf_counter() - started
+        history = root / "reports" / "orchestration" / f"{domain}.jsonl"  # written after drift and summary
+        while not history.is_file() and time.perf_counter() - started < 900:
+            time.sleep(1)
+        run_done = time.perf_counter() - started
     finally:
         server.terminate()
         server.wait(timeout=60)
-    history = (root / "reports" / "orchestration" / f"{domain}.jsonl").read_text().splitlines()
+    timings = json.loads((root / "reports" / "timings.json").read_text()).get(domain)
     return {"domain": domain, "batch_rows": len(batch), "trigger_to_champion_s": round(latency, 1),
-            "champion_before": before["version"], "stage_seconds": json.loads(history[-1]) if history else None}
+            "trigger_to_run_end_s": round(run_done, 1), "champion_before": before["version"],
+            "champion_after": champion_info(domain, params.registry, root)["version"],
+            "run": json.loads(history.read_text().splitlines()[-1]), "stage_seconds": timings}
 
 
 def main() -> None:

@@ -65,6 +65,23 @@ def test_only_transient_io_errors_are_retried() -> None:
     assert issubclass(BatchRejected, ValueError)  # a rejected batch is never retried
 
 
+def test_watcher_takes_good_files_quarantines_bad_ones_and_goes_on(tmp_path: Path, tiny_bert_dir, prefect_session) -> None:
+    """Runs before the served deployments start: its events reach no trigger."""
+    from flows.incoming import watch_incoming
+
+    root = make_project(tmp_path, tiny_bert_dir)
+    incoming = root / "data" / "incoming" / DOMAIN
+    incoming.mkdir(parents=True)
+    (incoming / "bad.csv").write_text("text,label\nsome text,no_such_label\nmore text,no_such_label\n")
+    write_batch(incoming / "good.csv", seed=7)
+    results = {r["source"]: r for r in watch_incoming(str(root))}
+    assert results["good.csv"]["is_new"] and results["good.csv"]["event_id"]
+    assert "no_such_label" in results["bad.csv"]["rejected"]
+    assert [r.source for r in read_ledger(root, DOMAIN)] == ["good.csv"]
+    assert not list(incoming.glob("*.csv")) and list((incoming / "processed").glob("*good.csv"))
+    assert list((root / "data" / "quarantine" / DOMAIN).glob("*/bad.csv"))
+
+
 # ------------------------------------------------------------------------------ served deployments
 
 

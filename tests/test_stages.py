@@ -31,7 +31,8 @@ def test_summary_marks_a_failed_domain_even_when_old_metrics_exist(tmp_path: Pat
     assert f"| {first} | failed at validate |" in (tmp_path / "reports" / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("command", ["run", "stage", "check-config", "predict", "models", "serve"])
+@pytest.mark.parametrize("command", ["run", "stage", "check-config", "predict", "models", "serve", "ingest", "adapt",
+                                     "fanout"])
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

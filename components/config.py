@@ -222,7 +222,7 @@ class DriftConfig(_Strict):
 
     current_rows: int = Field(default=300, ge=10)
     drift_share: float = Field(default=0.5, gt=0.0, le=1.0,
-                               description="share of drifted descriptor/label columns that makes the data drift")
+                               description="share of drifted text descriptors that makes the data drift")
     max_embedding_dims: int = Field(default=32, ge=2)
     embedding_alpha: float = Field(default=0.01, gt=0.0, lt=1.0,
                                    description="family-wise K-S level over the embedding PCA components")

@@ -45,9 +45,9 @@ DESCRIPTORS = _DESCRIPTOR_COLUMNS
 class DriftSummary:
     """Drift verdict plus the numbers behind it, small enough to log as metrics/params."""
 
-    dataset_drift: bool  # drifted share >= drift_share OR embedding drift OR prediction drift
+    dataset_drift: bool  # descriptor share >= drift_share OR embedding, label or prediction drift
     drifted_columns: list[str]   # descriptors / label / prediction whose own test failed
-    drifted_share: float         # over descriptors + label (when both sets are labelled)
+    drifted_share: float         # share of the text descriptors that drifted
     embedding_drift: bool
     embedding_drift_score: float | None
     n_reference: int
@@ -86,9 +86,8 @@ def drift_report(
     ref_emb, cur_emb = _reduce_embeddings(reference_embeddings, current_embeddings, max_embedding_dims)
     emb_cols = [f"{_EMB_PREFIX}{i}" for i in range(ref_emb.shape[1])]
     shared = [c for c in (LABEL, PREDICTION) if c in reference.columns and c in current.columns]
-    monitored = [*_DESCRIPTOR_COLUMNS, *(c for c in shared if c == LABEL)]
-    report = _build_report(drift_share, emb_cols, [*monitored, *(c for c in shared if c == PREDICTION)],
-                           embedding_alpha, column_alpha)
+    monitored = list(_DESCRIPTOR_COLUMNS)
+    report = _build_report(drift_share, emb_cols, [*monitored, *shared], embedding_alpha, column_alpha)
     with warnings.catch_warnings():
         # A label present in one set only gives an expected count of 0 in scipy's chi-square:
         # the test correctly returns p=0 (drift) but warns "divide by zero" on the way.
@@ -106,14 +105,15 @@ def drift_report(
         snapshot.save_html(str(html_path))
 
     result = snapshot.dict()
-    drifted_columns = [c for c in _drifted_columns(result) if c in (*monitored, PREDICTION)]
-    drifted_share = sum(c in drifted_columns for c in monitored) / len(monitored)  # prediction counts apart
+    drifted_columns = [c for c in _drifted_columns(result) if c in (*monitored, *shared)]
+    drifted_share = sum(c in drifted_columns for c in monitored) / len(monitored)  # label/prediction count apart
     embedding_score = _drifted_share(result, emb_cols)  # share of drifted PCA components
     embedding_drift = embedding_score > 0
     prediction_drift = (PREDICTION in drifted_columns) if PREDICTION in shared else None
+    label_drift = LABEL in drifted_columns
     reasons = _reasons(drifted_columns, drifted_share, drift_share, embedding_score, len(emb_cols), prediction_drift)
     return DriftSummary(
-        dataset_drift=bool(drifted_share >= drift_share or embedding_drift or prediction_drift),
+        dataset_drift=bool(drifted_share >= drift_share or embedding_drift or label_drift or prediction_drift),
         drifted_columns=drifted_columns,
         drifted_share=drifted_share,
         embedding_drift=embedding_drift,
@@ -130,9 +130,11 @@ def _reasons(drifted: list[str], share: float, drift_share: float, emb_score: fl
              prediction_drift: bool | None) -> list[str]:
     """The decision in words, one line per signal that fired (empty when nothing did)."""
     reasons = []
-    columns = [c for c in drifted if c != PREDICTION]
+    columns = [c for c in drifted if c in _DESCRIPTOR_COLUMNS]
     if share >= drift_share:
-        reasons.append(f"{share:.0%} of monitored columns drifted (>= {drift_share:.0%}): {', '.join(columns)}")
+        reasons.append(f"{share:.0%} of the text descriptors drifted (>= {drift_share:.0%}): {', '.join(columns)}")
+    if LABEL in drifted:
+        reasons.append("label distribution drifted")
     if emb_score > 0:
         reasons.append(f"embeddings drifted: {round(emb_score * n_emb)} of {n_emb} principal components")
     if prediction_drift:
@@ -198,7 +200,7 @@ def _to_dataset(df: pd.DataFrame, emb: np.ndarray, emb_cols: list[str], categori
 
 def _build_report(drift_share: float, emb_cols: list[str], columns: list[str], embedding_alpha: float,
                   column_alpha: float) -> Any:
-    """Drift preset on descriptors + label; a drifted-columns count over the PCA components.
+    """Drift preset on descriptors + label / prediction; a drifted-columns count over the PCA components.
 
     The components get only a count (no per-column widgets): 32 per-column plots would triple
     the run time and the HTML size while saying little, as single components are not

@@ -96,6 +96,9 @@ def test_labels_present_in_one_set_only(reference, tmp_path):
         html_path=tmp_path / "labels.html",
     )
     assert "label" in summary.drifted_columns
+    # the label mix alone is drift (texts and embeddings come from the reference's generator)
+    assert summary.dataset_drift and "label distribution drifted" in summary.reasons
+    assert summary.drifted_share < 0.5 and not summary.embedding_drift
 
 
 def test_embedding_shift_alone_is_detected(reference, tmp_path):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from components.config import PROJECT_ROOT, load_params
+from components.config import PROJECT_ROOT, ConfigError, Params, load_params
 
 ROOT_OPTION = typer.Option(PROJECT_ROOT, "--root", help="Project directory (params.yaml, mlruns/, data/, reports/).")
 
@@ -23,6 +23,27 @@ def register(app: typer.Typer) -> None:
     app.command()(explain)
     app.command()(models)
     app.command()(monitor)
+
+
+def _domain_params(root: Path, domain: str) -> Params:
+    """params.yaml of the project, with an unknown domain reported as a usage error (exit 2), not a traceback."""
+    params = load_params(root / "params.yaml")
+    try:
+        params.domain(domain)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="--domain") from None
+    return params
+
+
+def _champion(domain: str, params: Params, root: Path):
+    """The domain's champion pyfunc, or exit 1 saying there is none yet."""
+    from components.registry import load_champion
+
+    try:
+        return load_champion(domain, params.registry, root)
+    except LookupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _scorer(domain: Optional[str], model_dir: Optional[Path], root: Path):
@@ -38,11 +59,8 @@ def _scorer(domain: Optional[str], model_dir: Optional[Path], root: Path):
         return lambda texts: predictions_frame(predictor.labels, predictor.predict_proba(texts)), predictor.batch_size
     if domain is None:
         raise typer.BadParameter("give --domain (the champion of that domain) or --model-dir")
-    from components.registry import load_champion
-
-    params = load_params(root / "params.yaml")
-    params.domain(domain)
-    model = load_champion(domain, params.registry, root)
+    params = _domain_params(root, domain)
+    model = _champion(domain, params, root)
     return lambda texts: model.predict(pd.DataFrame({"text": texts})), params.encoder.batch_size
 
 
@@ -104,11 +122,7 @@ def explain(text: str = typer.Argument(..., help="The text to explain."),
 
     The model classifies by similarity to each label's examples, so the nearest examples are its reasons.
     """
-    from components.registry import load_champion
-
-    params = load_params(root / "params.yaml")
-    params.domain(domain)
-    predictor = load_champion(domain, params.registry, root).unwrap_python_model().predictor
+    predictor = _champion(domain, _domain_params(root, domain), root).unwrap_python_model().predictor
     try:
         explanation = predictor.explain(text, top_labels=top, examples=examples)
     except ValueError as error:
@@ -153,8 +167,7 @@ def monitor(file: Path = typer.Argument(..., help="CSV/TSV/JSONL/parquet batch w
     from components.data import DataError
     from components.monitoring import monitor_batch
 
-    params = load_params(root / "params.yaml")
-    params.domain(domain)
+    params = _domain_params(root, domain)
     try:
         result = monitor_batch(domain, read_batch(file), params, root, source=file.name)
     except (DataError, FileNotFoundError) as error:

@@ -57,6 +57,16 @@ def test_predict_file_writes_a_csv_in_batches(project, tmp_path):
 def test_predict_without_domain_or_texts_is_a_usage_error(project):
     assert run("predict", "--root", str(project), "x").exit_code == 2
     assert run("predict", "--domain", DOMAIN, "--root", str(project)).exit_code == 2
+    unknown = run("predict", "--domain", "nope", "--root", str(project), "x")
+    assert unknown.exit_code == 2 and "unknown domain 'nope'" in unknown.stderr
+    no_champion = run("explain", "--domain", "customer_intent", "--root", str(project), "x")
+    assert no_champion.exit_code == 1 and "has no champion" in no_champion.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "models", "monitor"])
+def test_every_serving_command_has_help(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0 and "--root" in result.stdout
 
 
 def test_explain_shows_the_nearest_support_examples_per_label(project):

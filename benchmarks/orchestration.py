@@ -41,7 +41,6 @@ def copy_project(target: Path) -> Path:
     for rel in ("data/prepared", "models", "data/cache/embeddings", "reports/validation", "reports/metrics",
                 "reports/confusion"):
         shutil.copytree(ROOT / rel, target / rel)
-    (target / "data" / "batches").mkdir(parents=True)
     raw = yaml.safe_load((target / "params.yaml").read_text())
     raw["data"]["mirror"] = str(resolve_mirror(load_params(ROOT / "params.yaml").data, ROOT))
     (target / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -92,12 +92,14 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
-    from components.batches import load_batches
+    from components.batches import load_batches, read_ledger
     from components.prepare import assert_no_leakage, build_domain_data, merge_batches
 
     paths = StagePaths(root, domain)
     data = build_domain_data(domain, params, resolve_mirror(params.data, root), full=params.limits.full)
     data = merge_batches(data, load_batches(root, domain))  # the user's accepted labelled batches, if any
+    if "batches" in data.manifest:  # which batches (by content hash): dvc.lock versions the manifest
+        data.manifest["batches"]["sha256"] = [record.sha256 for record in read_ledger(root, domain)]
     assert_no_leakage(data.eval, data.adapt, data.meta_pool)
     paths.prepared.mkdir(parents=True, exist_ok=True)
     for name in ("adapt", "eval", "meta_pool"):

@@ -55,6 +55,17 @@ def accept_and_store(file: str, domain: str, root: str) -> dict:
             "status": stored.record.status, "received_at": stored.record.received_at, "archived_to": archived}
 
 
+@task(name="dvc-add-batches", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient_only)
+def version_batches(root: str) -> None:
+    """`dvc add data/batches`: every accepted batch and the ledger go into the DVC cache (and to the remote with
+    `dvc push`), and data/batches.dvc records the state — the DVC lock keeps it off a running `dvc repro`."""
+    from components.batches import BATCHES_DIR
+    from flows.pipeline import dvc_repo
+
+    with dvc_repo(Path(root)) as repo:
+        repo.add(str(BATCHES_DIR))
+
+
 @task(name="emit-batch-accepted", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient_only)
 def announce(batch: dict) -> str | None:
     """The event that starts the domain's adaptation deployment (served by `metaadapt serve`)."""
@@ -81,6 +92,8 @@ def ingest_batch(domain: str, file: str, root: str = str(PROJECT_ROOT)) -> dict:
     check_domain(params, domain)
     retry = {"retries": params.orchestration.io_retries, "retry_delay_seconds": params.orchestration.io_retry_delays}
     batch = accept_and_store.with_options(**retry)(file, domain, root)
+    if batch["is_new"]:
+        version_batches.with_options(**retry)(root)
     event_id = announce.with_options(**retry)(batch) if batch["is_new"] else None
     if not batch["is_new"]:
         get_run_logger().info("%s: same rows as batch %s (%s); no duplicate work", file, batch["sha256"][:16],

@@ -163,6 +163,7 @@ def test_new_batch_event_starts_adaptation_and_first_model_becomes_champion(proj
     started = time.monotonic()
     batch = ingest_batch(DOMAIN, str(write_batch(project / "batch1.csv", seed=101)), str(project))
     assert batch["is_new"] and batch["event_id"]
+    assert (project / "data" / "batches.dvc").is_file()  # versioned by DVC (cache + .dvc file)
     params = load_params(project / "params.yaml")
     champion = wait_for(lambda: champion_info(DOMAIN, params.registry, project), 240, "a champion (see serve.log)")
     print(f"\ntrigger-to-champion latency (tiny project, served, cold): {time.monotonic() - started:.1f} s")

@@ -74,13 +74,12 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def make_project(root: Path, encoder_dir: Path, domains: tuple[str, ...] = ("reviews",), margin: float = 0.0) -> Path:
-    """dvc.yaml, components/, params.yaml and an empty data/batches under `root`, DVC initialised."""
+    """dvc.yaml, components/ and params.yaml under `root`, DVC initialised (no data/batches: as a fresh clone)."""
     shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(PROJECT_ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
     write_mirror(root / "mirror")
     params = tiny_params((root / "mirror").resolve(), encoder_dir, domains, margin)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / "data" / "batches").mkdir(parents=True)
     done = dvc(root, "init", "--no-scm", "-q")
     assert done.returncode == 0, done.stderr
     return root

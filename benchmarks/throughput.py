@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--texts", type=int, default=300, help="texts per pass, half intents half reviews (%(default)s)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128],
                         help="batch sizes tried for the limit (default: %(default)s)")
+    parser.add_argument("--project-batch-size", type=int, default=None,
+                        help="encoder.batch_size for the project's paths (default: params.yaml's)")
     parser.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds (%(default)s)")
     parser.add_argument("--meta-episodes", type=int, nargs=2, default=[400, 8], metavar=("HEAD", "LORA"),
                         help="meta-training episodes timed for the head and lora scopes (default: %(default)s)")
@@ -179,11 +181,13 @@ def measure_paths(params, texts: list[str], args) -> dict:
     from components.encoder import embed_texts, load_encoder, resolve_model_path
 
     torch.set_num_threads(os.cpu_count() or 1)
-    config = params.encoder.model_copy(update={"device": "cpu"})
+    config = params.encoder.model_copy(update={"device": "cpu",
+                                               "batch_size": args.project_batch_size or params.encoder.batch_size})
     int8_config = config.model_copy(update={"quantize": "int8"})
     bare = BareForward(resolve_model_path(config.name), texts, config.max_length)
     encoder, int8_encoder = load_encoder(config), load_encoder(int8_config)
     predictor, predictor_source = build_predictor(params, config, encoder)
+    predictor.batch_size = config.batch_size  # the saved model's encoder config may name another batch size
     paths: dict[str, Callable[[], Any]] = {f"limit@{bs}": (lambda b=bare.batches(bs): bare.run(b))
                                            for bs in args.batch_sizes}
     paths.update({"predict": lambda: predictor.predict_proba(texts),
@@ -395,7 +399,7 @@ def tail_tables(payload: dict) -> list[str]:
             if "error" in row:
                 lines.append(f"| {row['scope']} | failed: {row['error']} | | |")
             else:
-                lines.append(f"| {row['scope']} | {row['episodes']} | {row['episodes_per_second']:.1f} | "
+                lines.append(f"| {row['scope']} | {row['episodes']} | {row['episodes_per_second']:.3g} | "
                              f"{row['peak_rss_mib']:.0f} |")
     if payload.get("accuracy"):
         acc = payload["accuracy"]

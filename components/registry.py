@@ -7,11 +7,18 @@ otherwise the new version gets the ``challenger`` alias, so a bad retrain is rec
 served. The reason is kept as the version tag ``promotion_reason`` and on the run. Each run is tagged with the git
 commit (and whether the tree was dirty) and the md5s of the domain's prepared data from dvc.lock, so a version can
 be traced back to its code and data. No Prefect here: flows call these functions.
+
+Crash consistency (a registration killed at any point): the model's artifacts are logged before the version
+exists; the new version's artifacts are downloaded and checksum-verified *before* any alias moves; the version is
+tagged ``complete=true`` only after its alias moved. The next registration of the domain deletes versions that
+never got that far (no alias, no ``complete``/``promoted`` tag) and marks runs left ``RUNNING`` by a killed process
+as ``FAILED`` (tag ``abandoned``), so the champion alias only ever points at a verified, complete version.
 """
 from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,10 +31,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking import MlflowClient
 
 from components.config import RegistryConfig, flatten
-from components.model_io import verify
+from components.model_io import require_writable, verify
+from components.safety import redact_secrets, redact_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+COMPLETE_TAG = "complete"       # version tag, "true" once the version passed verification and its alias moved
 MAX_PARAM_CHARS = 6000          # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_KEY_CHARS = 250             # ... and longer param/tag keys
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -132,22 +141,91 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     verify(model_dir)
     new_metric = _gate_value(metrics, gate_metric)
     _check_files(artifacts)
-    use_experiment(config, root)
+    if not config.tracking_uri:
+        require_writable(Path(root) / "mlruns", "MLflow store")
+    experiment_id = use_experiment(config, root)
     name = registered_name(domain)
-    with mlflow.start_run(run_name=f"adapt-{domain}", nested=mlflow.active_run() is not None) as run:
+    client = _client(config, root)
+    clean_incomplete_registrations(client, name, domain, experiment_id)
+    with mlflow.start_run(run_name=run_name(domain), nested=mlflow.active_run() is not None) as run:
         _log_run_data(metrics, params, {**tags, **provenance_tags(root, domain), "domain": domain}, artifacts)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
                                        artifacts={"model_dir": str(model_dir.resolve())},
                                        code_paths=[str(COMPONENTS_DIR)], pip_requirements=_requirements(),
                                        registered_model_name=name)
     version = int(info.registered_model_version)
-    client = _client(config, root)
+    verify_registered_version(name, version)           # before any alias can point at it
     client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
     client.set_model_version_tag(name, str(version), "gate_metric", gate_metric)
     result = _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_margin)
     client.set_tag(run.info.run_id, "promotion_reason", result.reason)
     client.set_tag(run.info.run_id, "promoted", str(result.promoted).lower())
+    client.set_model_version_tag(name, str(version), COMPLETE_TAG, "true")   # the commit marker, last
     return result
+
+
+def run_name(domain: str) -> str:
+    return f"adapt-{domain}"
+
+
+def verify_registered_version(name: str, version: int) -> None:
+    """Download the version's model directory from the artifact store and check every checksum.
+
+    Raises ModelIntegrityError (or MlflowException when artifacts are missing): the version then never gets an
+    alias, and the next registration deletes it as incomplete.
+    """
+    with tempfile.TemporaryDirectory(prefix="metaadapt-verify-") as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=scratch))
+        import yaml
+
+        flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+        verify(local / flavor["artifacts"]["model_dir"]["path"])
+
+
+def _is_incomplete(version: Any, aliased: set[str]) -> bool:
+    """A version whose registration died before its alias moved (versions from before the `complete` tag existed
+    all carry `promoted`, so they are never taken for incomplete ones)."""
+    return (str(version.version) not in aliased and version.tags.get(COMPLETE_TAG) != "true"
+            and "promoted" not in version.tags)
+
+
+def clean_incomplete_registrations(client: MlflowClient, name: str, domain: str, experiment_id: str) -> list[int]:
+    """Delete versions left by a killed registration and mark its dangling runs FAILED; returns deleted versions.
+
+    A version holding an alias without the `complete` tag (killed right after the alias move) is tagged complete.
+
+    Only called with the domain's adaptation lock held (one registration per domain at a time), so an
+    unfinished version here is a dead one, not one being written right now.
+    """
+    deleted = []
+    try:
+        aliased = {str(v) for v in client.get_registered_model(name).aliases.values()}
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        aliased, versions = set(), []
+    for version in versions:
+        if str(version.version) in aliased and version.tags.get(COMPLETE_TAG) != "true":
+            # killed after its alias moved: it was verified before that, so it is complete; say so before a
+            # later registration takes the alias away and it would look unfinished
+            client.set_model_version_tag(name, version.version, COMPLETE_TAG, "true")
+        elif _is_incomplete(version, aliased):
+            client.delete_model_version(name, version.version)
+            deleted.append(int(version.version))
+            if version.run_id:
+                _abandon_run(client, version.run_id, f"model version {version.version} deleted: incomplete")
+    for run in client.search_runs([experiment_id],
+                                  filter_string=f"attributes.status = 'RUNNING' and "
+                                                f"attributes.run_name = '{run_name(domain)}'"):
+        _abandon_run(client, run.info.run_id, "registration process died before the run ended")
+    return deleted
+
+
+def _abandon_run(client: MlflowClient, run_id: str, why: str) -> None:
+    client.set_tag(run_id, "abandoned", why)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="FAILED")
 
 
 # --------------------------------------------------------------------------------------------- provenance
@@ -202,9 +280,10 @@ def _check_files(artifacts: dict[str, Path]) -> None:
 
 def _log_run_data(metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str],
                   artifacts: dict[str, Path]) -> None:
+    """Params and tags pass through redact_secrets here, centrally: a URI with credentials never reaches MLflow."""
     mlflow.log_params(_param_values(params))
     mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-    mlflow.set_tags({key[:MAX_KEY_CHARS]: str(value) for key, value in tags.items()})
+    mlflow.set_tags({key[:MAX_KEY_CHARS]: str(redact_secrets(str(value))) for key, value in tags.items()})
     for name, path in artifacts.items():
         path = Path(path)
         if path.is_dir():
@@ -214,10 +293,10 @@ def _log_run_data(metrics: dict[str, float], params: dict[str, Any], tags: dict[
 
 
 def _param_values(params: dict[str, Any]) -> dict[str, str]:
-    """Dotted keys, string values cut to MLflow's limit (a long list of labels must not fail the whole run)."""
+    """Dotted keys, string values redacted and cut to MLflow's limit (a long list of labels must not fail the run)."""
     values = {}
     for key, value in flatten(params).items():
-        text = str(value)
+        text = str(redact_secrets(str(value)))
         if len(text) > MAX_PARAM_CHARS:
             text = text[:MAX_PARAM_CHARS - 3] + "..."
         values[key[:MAX_KEY_CHARS]] = text
@@ -258,6 +337,7 @@ def _apply_gate(client: MlflowClient, name: str, version: int, run_id: str, new_
     else:
         promoted, reason = False, (f"v{version} {gate_metric}={new_metric:.4f} < champion v{champion['version']} "
                                    f"{previous:.4f} + margin {margin}; champion kept, v{version} is challenger")
+    # the alias first: a crash before it leaves a version with no alias and no `promoted` tag (cleaned next time)
     client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
     client.set_model_version_tag(name, str(version), "promoted", str(promoted).lower())
     client.set_model_version_tag(name, str(version), "promotion_reason", reason)
@@ -336,7 +416,8 @@ def champion_info(domain: str, config: RegistryConfig, root: Path,
 def load_champion(domain: str, config: RegistryConfig, root: Path) -> mlflow.pyfunc.PyFuncModel:
     """The champion as a pyfunc model (its load re-verifies the model directory's checksums)."""
     if champion_info(domain, config, root) is None:
-        raise LookupError(f"domain {domain!r} has no champion in the registry ({tracking_uri(config, root)}); "
+        raise LookupError(f"domain {domain!r} has no champion in the registry "
+                          f"({redact_uri(tracking_uri(config, root))}); "
                           f"register a model first")
     uri = tracking_uri(config, root)
     mlflow.set_tracking_uri(uri)

@@ -19,7 +19,7 @@ from components.config import Params
 from components.encoder import TextEncoder, load_encoder, pick_device
 from components.meta import EmbedFn, Extras, Learner, ProjectionHead, adapt_select, make_extras, zero_shot
 from components.model_io import (AdaptedModel, ModelIntegrityError, atomic_directory, atomic_save_tensors,
-                                 atomic_write_text, save_model, sha256)
+                                 atomic_write_text, recover_interrupted_swap, save_model, sha256)
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
 
 
@@ -66,6 +66,7 @@ def save_learner(learner: Learner, encoder: TextEncoder | None, params: Params, 
 
 def _verified_meta(directory: Path) -> dict:
     """meta.json after checking each listed weights file against its SHA-256 (a tampered head is refused)."""
+    recover_interrupted_swap(directory)    # a crash between the two renames of the last save left only .old
     path = directory / "meta.json"
     if not path.is_file():
         raise ModelIntegrityError(f"{directory}: no meta.json; run the meta_train stage first")

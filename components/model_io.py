@@ -126,6 +126,7 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     directory = Path(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_swap(directory)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     except OSError as error:
         raise _storage_error(directory, error) from error
@@ -138,6 +139,21 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
         raise _storage_error(directory, error) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_interrupted_swap(directory: Path) -> bool:
+    """Put ``<name>.old`` back when a crash hit between the two renames of `_swap_in` (only the backup is left).
+
+    The backup is the complete previous directory, so renaming it back restores exactly what was there; returns
+    True when it did. Called by every load and before every save, so nobody has to do it by hand.
+    """
+    directory = Path(directory)
+    backup = directory.with_name(directory.name + ".old")
+    if directory.exists() or not backup.is_dir():
+        return False
+    os.replace(backup, directory)
+    _fsync_directory(directory.parent)
+    return True
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -215,6 +231,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    recover_interrupted_swap(Path(directory))
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ModelIntegrityError(f"{directory}: no {MANIFEST}; not a MetaAdapt model directory")

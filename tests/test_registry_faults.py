@@ -184,3 +184,32 @@ def test_a_version_whose_stored_artifacts_do_not_verify_never_gets_an_alias(root
     rerun = register(root, model_dir(tiny_bert_dir, root / "models" / "v3", seed=3), 0.9)
     versions = {int(v.version) for v in client(root).search_model_versions(f"name='{NAME}'")}
     assert rerun.promoted and versions == {1, rerun.version} and 2 not in versions
+
+
+# ------------------------------------------------------------------------- a model-folder swap cut in half
+
+
+def test_a_crash_between_the_two_renames_of_a_model_swap_is_recovered(tmp_path: Path, tiny_bert_dir) -> None:
+    """`_swap_in` renames <dir> → <dir>.old, then staging → <dir>. Killed in between, only <dir>.old is left:
+    the next load (and the next save) renames it back instead of failing with 'no model.json'."""
+    from components.model_io import load_model, read_manifest
+
+    directory = model_dir(tiny_bert_dir, tmp_path / "candidate", seed=1)
+    expected = read_manifest(directory)["files"]
+    os.replace(directory, directory.with_name("candidate.old"))           # the state the crash leaves
+    assert not directory.exists()
+    assert load_model(directory).labels == ["neg", "pos"] and read_manifest(directory)["files"] == expected
+    assert not directory.with_name("candidate.old").exists()
+
+    os.replace(directory, directory.with_name("candidate.old"))
+    model_dir(tiny_bert_dir, directory, seed=2)                           # the next save also recovers first
+    assert read_manifest(directory)["files"] != expected and not directory.with_name("candidate.old").exists()
+
+
+def test_an_interrupted_swap_of_the_meta_trained_head_is_recovered(tmp_path: Path) -> None:
+    from components.learner import _verified_meta
+
+    meta = tmp_path / "meta"
+    meta.with_name("meta.old").mkdir()
+    (meta.with_name("meta.old") / "meta.json").write_text('{"files": {}}')
+    assert _verified_meta(meta) == {"files": {}} and (meta / "meta.json").is_file()

@@ -73,7 +73,10 @@ def content_hash(frame: pd.DataFrame) -> str:
 
 
 def batch_dir(root: Path, domain: str) -> Path:
-    return Path(root) / BATCHES_DIR / domain
+    """data/batches/<domain>; the domain name is checked first (it becomes a folder name: no '..', no '/')."""
+    from components.safety import check_name
+
+    return Path(root) / BATCHES_DIR / check_name("domain", domain)
 
 
 def read_ledger(root: Path, domain: str) -> list[BatchRecord]:

@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from components.batches import mark_adapted, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
+from components.safety import redact_uri
 from flows.orchestration import adaptation_slot, check_domain, publish
 from flows.pipeline import run_domain, run_stage_in_process
 
@@ -99,7 +100,8 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
     keys = ("started", "finished", "status", "reason", "flow_run", "batches")
     promoted = outcome["registry"].get("promoted") if result["status"] == "ok" else None
     record_history(project, domain, {k: outcome[k] for k in keys} | {"promoted": promoted})
-    publish(adaptation_markdown(domain, outcome, tracking_uri(params.registry, project)), "adaptation", domain,
+    mlflow_uri = redact_uri(tracking_uri(params.registry, project))   # an artifact must not show credentials
+    publish(adaptation_markdown(domain, outcome, mlflow_uri), "adaptation", domain,
             f"adaptation of {domain}: {outcome['status']}")
     if result["status"] != "ok":
         raise RuntimeError(f"adaptation of {domain} failed at stage {result['failed_stage']}; champion and data "

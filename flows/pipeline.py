@@ -148,11 +148,12 @@ def write_run_status(root: Path, results: dict) -> Path:
 def publish_run_artifact(root: Path, params, results: dict) -> None:
     """The run's markdown artifact: the summary table, each domain's MLflow run and drift report, failures."""
     from components.registry import tracking_uri
+    from components.safety import redact_uri
     from flows.orchestration import publish
 
     summary_file = root / "reports" / "summary.md"
     lines = [summary_file.read_text(encoding="utf-8") if summary_file.is_file() else "# MetaAdapt run", "",
-             f"MLflow: `{tracking_uri(params.registry, root)}`", ""]
+             f"MLflow: `{redact_uri(tracking_uri(params.registry, root))}`", ""]
     for name, result in results.items():
         registry = root / "reports" / "registry" / f"{name}.json"
         run_id = json.loads(registry.read_text()).get("run_id") if registry.is_file() else None

@@ -213,8 +213,39 @@ class SuiteRunner:
             "class_name": "SiteBuilder",
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site_dir)},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        self._escape_stored_values()
         self.context.build_data_docs(site_names=[DOCS_SITE])
         return site_dir / "index.html"
+
+    def _escape_stored_values(self) -> None:
+        """HTML-escape the user values (unexpected texts and labels, label sets) in the stored results.
+
+        GE 1.24's Data Docs put unexpected values into table cells unescaped: a batch whose label is
+        ``<script>…</script>`` would run that script in a reviewer's browser (tests/test_html_escaping.py).
+        Only the copies the docs render from are changed; the outcome returned by `run` already holds raw values.
+        """
+        store = self.context.validation_results_store
+        for key in store.list_keys():
+            suite_result = store.get(key)
+            for result in suite_result.results:
+                result.result = _html_escaped(result.result)
+                config = result.expectation_config
+                for name, value in list(config.kwargs.items()):
+                    config.kwargs[name] = _html_escaped(value)
+            store.set(key, suite_result)
+
+
+def _html_escaped(value: Any) -> Any:
+    """Every string inside `value` (dicts, lists, tuples) passed through html.escape; other values unchanged."""
+    import html
+
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {k: _html_escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_html_escaped(v) for v in value)
+    return value
 
 
 def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None = None) -> ValidationOutcome:

@@ -20,6 +20,7 @@ from components.batches import mark_adapted, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
 from components.safety import redact_uri
+from flows.incoming import version_batches
 from flows.orchestration import adaptation_slot, check_domain, publish
 from flows.pipeline import run_domain, run_stage_in_process
 
@@ -89,7 +90,8 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
                    "finished": finished, "batches": [sha[:16] for sha in batches], "flow_run": flow_run.get_id(),
                    **{k: v for k, v in result.items() if k in ("failed_stage", "error")}}
         if result["status"] == "ok":
-            mark_adapted(project, domain, batches, flow_run.get_id())
+            if mark_adapted(project, domain, batches, flow_run.get_id()):
+                version_batches(root)  # the ledger's new statuses into data/batches.dvc
             _merge_timings(project, domain, result["seconds"])
             run_stage_in_process("summary", root, force=True)  # in-process: no second import of the stack
     reports = project / "reports"

@@ -93,10 +93,18 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
     from components.batches import load_batches, read_ledger
+    from components.fingerprint import ingest_fingerprint, output_hashes, unchanged_since_last_ingest
     from components.prepare import assert_no_leakage, build_domain_data, merge_batches
 
     paths = StagePaths(root, domain)
-    data = build_domain_data(domain, params, resolve_mirror(params.data, root), full=params.limits.full)
+    mirror = resolve_mirror(params.data, root)
+    fingerprint = ingest_fingerprint(params, domain, root, mirror)
+    kept = unchanged_since_last_ingest(paths.prepared, fingerprint)
+    if kept is not None:  # same files, params and code as last time: the outputs would be byte-identical
+        log.info("ingest %s: inputs unchanged since the last run (fingerprint %s); outputs kept", domain,
+                 fingerprint[:12])
+        return kept
+    data = build_domain_data(domain, params, mirror, full=params.limits.full)
     data = merge_batches(data, load_batches(root, domain))  # the user's accepted labelled batches, if any
     if "batches" in data.manifest:  # which batches (by content hash): dvc.lock versions the manifest
         data.manifest["batches"]["sha256"] = [record.sha256 for record in read_ledger(root, domain)]
@@ -104,10 +112,11 @@ def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     paths.prepared.mkdir(parents=True, exist_ok=True)
     for name in ("adapt", "eval", "meta_pool"):
         getattr(data, name).to_parquet(paths.prepared / f"{name}.parquet", index=False)
-    _write_json(paths.prepared / "manifest.json", data.manifest)
+    manifest = {**data.manifest, "inputs_fingerprint": fingerprint, "output_sha256": output_hashes(paths.prepared)}
+    _write_json(paths.prepared / "manifest.json", manifest)
     log.info("ingest %s: %d adapt rows, %d eval rows, %d meta-pool rows", domain,
              len(data.adapt), len(data.eval), len(data.meta_pool))
-    return data.manifest
+    return manifest
 
 
 def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:

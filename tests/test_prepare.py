@@ -195,3 +195,39 @@ def test_sample_support_too_few_rows_for_a_label():
     adapt = labelled({"a": 5, "b": 2, "c": 1})
     with pytest.raises(DataError, match=r"too few examples per label for k=3: 'b' has 2, 'c' has 1"):
         sample_support(adapt, 3, seed=0)
+
+
+# ------------------------------------------------------------------------------ ingest: unchanged inputs kept
+
+
+def _ingest(params: Params, root: Path, mirror_dir: Path) -> dict:
+    from components import stages
+
+    params = params.model_copy(update={"data": params.data.model_copy(update={"mirror": str(mirror_dir)})})
+    return stages.ingest(params, "toy", root)
+
+
+def test_ingest_keeps_outputs_when_inputs_are_unchanged_and_rebuilds_when_they_change(mirror, tmp_path):
+    root = tmp_path / "project"
+    prepared = root / "data" / "prepared" / "toy"
+    first = _ingest(_params(), root, mirror)
+    stamps = {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()}
+    assert first["inputs_fingerprint"] and set(first["output_sha256"]) == {"adapt.parquet", "eval.parquet",
+                                                                           "meta_pool.parquet"}
+
+    again = _ingest(_params(), root, mirror)                       # nothing changed: nothing rewritten
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()} == stamps
+
+    changed_params = _ingest(_params(eval_max_rows=12), root, mirror)   # a param ingest reads
+    assert changed_params["inputs_fingerprint"] != first["inputs_fingerprint"]
+
+    (prepared / "adapt.parquet").write_bytes(b"edited by hand")    # a damaged output is rebuilt, not trusted
+    rebuilt = _ingest(_params(eval_max_rows=12), root, mirror)
+    assert rebuilt["output_sha256"] == changed_params["output_sha256"]
+    assert pd.read_parquet(prepared / "adapt.parquet").shape[0] == rebuilt["adapt_rows"]
+
+    extra = pd.DataFrame({"text": ["one more negative text"], "label": ["neg"]})
+    frame = pd.concat([pd.read_csv(mirror / "target" / "all.csv"), extra])
+    frame.to_csv(mirror / "target" / "all.csv", index=False)       # the source file changed
+    assert _ingest(_params(eval_max_rows=12), root, mirror)["inputs_fingerprint"] != rebuilt["inputs_fingerprint"]

@@ -162,7 +162,7 @@ def machine_info(argv: list[str]) -> dict:
 
 def render_markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"# Drift-detection benchmark\n",
+    lines = ["# Drift-detection benchmark\n",
              f"Generated {m['date']} by `{m['command']}` at commit {m['git_commit'][:10]} on {m['cpu_model']} "
              f"({m['cpu_cores']} cores). {result['config']['trials']} trials per scenario, "
              f"{result['config']['rows']} rows per batch, {'labelled' if result['config']['labelled'] else 'unlabelled'} "

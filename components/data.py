@@ -160,6 +160,15 @@ def _load_hub(name: str, spec: DatasetSpec, split: str, cache_dir: Path | None) 
     return _select_columns(frame, f"hub:{hub.id}", hub.text_column, hub.label_column)
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (model checksums, quarantine moves, ingest fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def text_hash(text: str) -> str:
     """Stable id of a text after whitespace/case normalisation, used for leakage checks."""
     normal = " ".join(text.lower().split())

@@ -14,17 +14,10 @@ import json
 from pathlib import Path
 
 from components.config import Params
+from components.data import file_sha256
 
 INGEST_CODE = ("prepare.py", "data.py", "augment.py", "batches.py", "safety.py", "fingerprint.py", "config.py")
 OUTPUTS = ("adapt.parquet", "eval.parquet", "meta_pool.parquet")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_files(params: Params, domain: str, mirror: Path | None) -> list[Path] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save
 
+from components.data import file_sha256 as sha256
 from components.meta import CosineClassifier, ProjectionHead
 
 MANIFEST = "model.json"
@@ -193,14 +193,6 @@ class AdaptedModel:
     @property
     def labels(self) -> list[str]:
         return self.classifier.labels
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(model: AdaptedModel, directory: Path) -> Path:

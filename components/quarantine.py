@@ -8,7 +8,6 @@ registry champion are never touched here, so a bad batch cannot damage what alre
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import Params
-from components.data import READERS, DataError, _read_checked
+from components.data import READERS, DataError, _read_checked, file_sha256
 from components.validation import (
     LABEL,
     TEXT,
@@ -134,7 +133,7 @@ def _eval_texts(domain: str, root: Path) -> list[str]:
 
 def quarantine(file: Path, domain: str, params: Params, root: Path, outcome: ValidationOutcome) -> Path:
     """Move the file into a fresh quarantine directory (never losing it) and store the validation result there."""
-    digest = sha256(file)
+    digest = file_sha256(file)
     target = new_quarantine_dir(Path(root) / params.validation.quarantine_dir / domain)
     moved = move_file(file, target / file.name)
     payload = {"domain": domain, "original_path": str(file), "quarantined_file": str(moved), "sha256": digest,
@@ -175,19 +174,11 @@ def _copy_verify_delete(src: Path, dst: Path) -> Path:
     shutil.copyfile(src, dst)
     with open(dst, "rb") as handle:
         os.fsync(handle.fileno())
-    if dst.stat().st_size != src.stat().st_size or sha256(dst) != sha256(src):
+    if dst.stat().st_size != src.stat().st_size or file_sha256(dst) != file_sha256(src):
         dst.unlink()
         raise OSError(f"copy of {src} to {dst} does not match the original; the original was kept")
     src.unlink()
     return dst
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the message

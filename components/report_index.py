@@ -32,7 +32,7 @@ def collect_entries(reports: Path) -> list[IndexEntry]:
     """All drift reports under reports/drift, newest first (unreadable summaries are listed, not skipped)."""
     drift_dir = Path(reports) / "drift"
     entries = [_pipeline_entry(path, reports) for path in sorted(drift_dir.glob("*.json"))]
-    entries += [_monitor_entry(path, reports) for path in sorted(drift_dir.glob(f"*/*/summary.json"))]
+    entries += [_monitor_entry(path, reports) for path in sorted(drift_dir.glob("*/*/summary.json"))]
     return sorted(entries, key=lambda e: e.created_at, reverse=True)
 
 

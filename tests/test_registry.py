@@ -1,7 +1,6 @@
 """Registry: a real MLflow store (SQLite in tmp_path), a tiny random BERT, the champion gate and tamper refusal."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from components.config import RegistryConfig
 from components.meta import CosineClassifier, ProjectionHead
 from components.model_io import AdaptedModel, ModelIntegrityError, save_model
 from components.pyfunc_model import MetaAdaptPyfunc, texts_from_input
+from serving_project import reset_mlflow
 
 LABELS = ["neg", "pos"]
 
@@ -55,15 +55,8 @@ def root(tmp_path, empty_store) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_mlflow():
-    """MLflow keeps the tracking URI, registry URI and active experiment in globals *and* env vars: reset all."""
     yield
-    if mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    mlflow.tracking.fluent._active_experiment_id = None
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
-        os.environ.pop(name, None)
+    reset_mlflow()
 
 
 def make_model_dir(tiny_encoder: Path, directory: Path, seed: int = 0) -> Path:

@@ -92,7 +92,7 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
-    from components.batches import load_batches, read_ledger
+    from components.batches import load_batches_with_hashes
     from components.fingerprint import ingest_fingerprint, output_hashes, unchanged_since_last_ingest
     from components.prepare import assert_no_leakage, build_domain_data, merge_batches
 
@@ -105,9 +105,10 @@ def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                  fingerprint[:12])
         return kept
     data = build_domain_data(domain, params, mirror, full=params.limits.full)
-    data = merge_batches(data, load_batches(root, domain))  # the user's accepted labelled batches, if any
+    batches, hashes = load_batches_with_hashes(root, domain)  # one consistent read of the ledger and its files
+    data = merge_batches(data, batches)  # the user's accepted labelled batches, if any
     if "batches" in data.manifest:  # which batches (by content hash): dvc.lock versions the manifest
-        data.manifest["batches"]["sha256"] = [record.sha256 for record in read_ledger(root, domain)]
+        data.manifest["batches"]["sha256"] = hashes
     assert_no_leakage(data.eval, data.adapt, data.meta_pool)
     paths.prepared.mkdir(parents=True, exist_ok=True)
     for name in ("adapt", "eval", "meta_pool"):
@@ -412,11 +413,12 @@ def render_data_docs_links(params: Params, root: Path) -> str:
 
 
 def render_timings(timings: dict[str, dict[str, float]]) -> str:
-    """Seconds per stage and domain as the flow measured them (DVC's skip of an up-to-date stage shows as ~1-2 s)."""
+    """Seconds per stage and domain as the flow measured them, in pipeline order (0.0 = up to date, skipped)."""
     if not timings:
         return ""
-    stages = list(dict.fromkeys(stage for per_stage in timings.values() for stage in per_stage))
-    lines = ["", "Seconds per stage (this run; an up-to-date stage is DVC's check only):", "",
+    seen = {stage for per_stage in timings.values() for stage in per_stage}
+    stages = [stage for stage in DOMAIN_STAGES if stage in seen] + sorted(seen - set(DOMAIN_STAGES))
+    lines = ["", "Seconds per stage (this run; 0.0 = DVC found the stage up to date and it was skipped):", "",
              "| domain | " + " | ".join(stages) + " | total |", "|---" * (len(stages) + 2) + "|"]
     for domain, per_stage in timings.items():
         cells = [f"{per_stage[s]:.1f}" if s in per_stage else "" for s in stages]

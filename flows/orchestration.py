@@ -38,12 +38,9 @@ def retry_transient_only(task, task_run, state) -> bool:
 
 def check_domain(params: Params, domain: str) -> str:
     """A domain name from params.yaml (safe for paths, keys and event ids), else a ConfigError listing them."""
-    try:
-        from components.safety import check_name
+    from components.safety import check_name
 
-        check_name("domain", domain)
-    except ImportError:  # pragma: no cover - safety module not installed in an old checkout
-        pass
+    check_name("domain", domain)
     params.domain(domain)
     return domain
 

@@ -12,10 +12,14 @@ domain's downstream stages: the other domains' ingest outputs stay byte-identica
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -96,11 +100,30 @@ def _write_ledger(root: Path, domain: str, records: list[BatchRecord]) -> None:
     tmp.replace(path)
 
 
+@contextlib.contextmanager
+def ledger_lock(root: Path, domain: str) -> Iterator[None]:
+    """Exclusive `flock` on the domain's ledger for a read-modify-write: five batches stored at once by five
+    processes would otherwise each append to the ledger they read, and the last writer would drop the others."""
+    directory = batch_dir(root, domain)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".ledger.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the lock (also when the process dies)
+
+
 def store_batch(frame: pd.DataFrame, domain: str, source: str, root: Path) -> StoreResult:
     """Store a validated batch under its content hash and record it; an identical earlier batch is reused."""
     rows = normalise(frame)
     if rows.empty:
         raise ValueError(f"batch {source!r} for {domain!r} has no rows")
+    with ledger_lock(root, domain):
+        return _store_locked(rows, domain, source, root)
+
+
+def _store_locked(rows: pd.DataFrame, domain: str, source: str, root: Path) -> StoreResult:
     sha = content_hash(rows)
     records = read_ledger(root, domain)
     for record in records:
@@ -118,11 +141,21 @@ def store_batch(frame: pd.DataFrame, domain: str, source: str, root: Path) -> St
 
 def load_batches(root: Path, domain: str) -> pd.DataFrame:
     """All stored batches of the domain as one text,label frame (empty when none), in arrival order."""
-    frames = [pd.read_parquet(batch_dir(root, domain) / r.file_name) for r in read_ledger(root, domain)
-              if (batch_dir(root, domain) / r.file_name).is_file()]
+    return load_batches_with_hashes(root, domain)[0]
+
+
+def load_batches_with_hashes(root: Path, domain: str) -> tuple[pd.DataFrame, list[str]]:
+    """The stored batches as one frame and the hashes of exactly those batches, read under the ledger lock (a
+    batch stored meanwhile is in both or in neither: the ingest manifest never lists a batch it did not merge)."""
+    if not (batch_dir(root, domain) / LEDGER_NAME).is_file():
+        return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)}), []
+    with ledger_lock(root, domain):
+        records = [r for r in read_ledger(root, domain) if (batch_dir(root, domain) / r.file_name).is_file()]
+        frames = [pd.read_parquet(batch_dir(root, domain) / r.file_name) for r in records]
     if not frames:
-        return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)})
-    return pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+        return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)}), []
+    merged = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    return merged, [r.sha256 for r in records]
 
 
 def pending_batches(root: Path, domain: str) -> list[BatchRecord]:
@@ -132,15 +165,28 @@ def pending_batches(root: Path, domain: str) -> list[BatchRecord]:
 
 def mark_adapted(root: Path, domain: str, hashes: list[str], flow_run: str | None) -> list[BatchRecord]:
     """Record that a successful adaptation used these batches; returns the records changed."""
-    records = read_ledger(root, domain)
-    changed = []
-    for record in records:
-        if record.sha256 in hashes and record.status == ACCEPTED:
-            record.status, record.adapted_at, record.flow_run = ADAPTED, _now(), flow_run
-            changed.append(record)
-    if changed:
-        _write_ledger(root, domain, records)
+    with ledger_lock(root, domain):
+        records = read_ledger(root, domain)
+        changed = []
+        for record in records:
+            if record.sha256 in hashes and record.status == ACCEPTED:
+                record.status, record.adapted_at, record.flow_run = ADAPTED, _now(), flow_run
+                changed.append(record)
+        if changed:
+            _write_ledger(root, domain, records)
     return changed
+
+
+def merged_hashes(root: Path, domain: str) -> list[str]:
+    """The batches the domain's current adaptation pool was built from (the ingest manifest's list).
+
+    What a successful adaptation marks as adapted: a batch stored while the run was already past its ingest is
+    not in the pool yet, so it stays `accepted` for the next run instead of being marked without being used."""
+    path = Path(root) / "data" / "prepared" / domain / "manifest.json"
+    if not path.is_file():
+        return []
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    return list((manifest.get("batches") or {}).get("sha256", []))
 
 
 def _now() -> str:

@@ -55,7 +55,33 @@ def tracking_uri(config: RegistryConfig, root: Path) -> str:
         return config.tracking_uri
     directory = Path(root).resolve() / "mlruns"
     directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{directory}/mlflow.db"
+    uri = f"sqlite:///{directory}/mlflow.db"
+    _initialise_store(uri, directory)
+    return uri
+
+
+_READY_STORES: set[str] = set()
+
+
+def _initialise_store(uri: str, directory: Path) -> None:
+    """Create / migrate the local SQLite store once per process, under a file lock.
+
+    Two processes opening a fresh store at once (two domains' first adaptations in parallel) both run MLflow's
+    schema migrations, and one fails with "table _alembic_tmp_experiments already exists"
+    (tests/test_concurrent_triggers.py). The lock makes the second wait and then find the schema current.
+    """
+    if uri in _READY_STORES:
+        return
+    import fcntl
+    import os
+
+    fd = os.open(directory / ".store.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient(uri, uri).search_experiments(max_results=1)
+    finally:
+        os.close(fd)
+    _READY_STORES.add(uri)
 
 
 def _is_remote(uri: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from components.batches import mark_adapted, pending_batches
+from components.batches import mark_adapted, merged_hashes, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
 from components.safety import redact_uri
@@ -86,6 +86,9 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
         started = _now()
         result = run_domain(domain, root, force, in_process=True)  # one import of torch/MLflow/GE per run
         finished = _now()
+        if result["status"] == "ok":  # exactly the pending batches this run's pool holds; later ones stay pending
+            merged = set(merged_hashes(project, domain))
+            batches = [sha for sha in (r.sha256 for r in pending_batches(project, domain)) if sha in merged]
         outcome = {"domain": domain, "reason": reason, "status": result["status"], "started": started,
                    "finished": finished, "batches": [sha[:16] for sha in batches], "flow_run": flow_run.get_id(),
                    **{k: v for k, v in result.items() if k in ("failed_stage", "error")}}

@@ -8,6 +8,7 @@ artifact saying what drifted — adapting on no new labels would only reproduce 
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -71,8 +72,10 @@ def monitor(domains: list[str] | None = None, root: str = str(PROJECT_ROOT)) -> 
 def monitor_markdown(results: dict[str, dict]) -> str:
     lines = ["# Drift monitoring", "", "| domain | batch | drift | reasons | report |", "|---|---|---|---|---|"]
     for domain, r in results.items():
-        reasons = "; ".join(r.get("reasons", [])) or "—"
-        lines.append(f"| {domain} | {r['source']} | {'**yes**' if r['drift_detected'] else 'no'} | {reasons} "
+        # the file name comes from a user: escaped, so a `<script>` in it shows as text in the Prefect UI
+        reasons = html.escape("; ".join(r.get("reasons", []))) or "—"
+        lines.append(f"| {domain} | {html.escape(str(r['source']))} | {'**yes**' if r['drift_detected'] else 'no'} "
+                     f"| {reasons} "
                      f"| `{r['html_path']}` |")
     if not results:
         lines.append("| (no traffic batches) | | | | |")

@@ -132,3 +132,13 @@ def test_report_index_in_headless_chromium_runs_no_injected_script(reports: Path
     assert [tag for tag, _ in dom.elements if tag == "script"] == []
     assert_no_injection(dom, "chromium DOM")
     assert SCRIPT in "".join(dom.text)
+
+
+def test_monitor_artifact_markdown_escapes_a_user_file_name() -> None:
+    """The Prefect UI renders artifact markdown as HTML: a file name with a tag must arrive as an entity."""
+    from flows.monitor import monitor_markdown
+
+    text = monitor_markdown({"reviews": {"source": f"{SCRIPT}.csv", "drift_detected": True,
+                                         "reasons": [f"labels {IMAGE}"], "html_path": "reports/x.html"}})
+    assert "<script>" not in text and "<img" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.csv" in text

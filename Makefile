@@ -16,6 +16,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_SERVER_API_HOST ?= 127.0.0.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install run run-full test test-fast bench bench-quick clean

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from components.config import PROJECT_ROOT
 
+# Every server the project starts listens on the loopback interface unless the user sets these otherwise
+# (Prefect's temporary server and `prefect server start`, the runner webserver of `metaadapt serve`).
+LOCAL_ONLY = {
+    "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    "PREFECT_RUNNER_SERVER_HOST": "127.0.0.1",
+}
 TELEMETRY_OFF = {
     "DO_NOT_TRACK": "true",                      # mlflow accepts only "true"
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -28,7 +34,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
 
 def configure_environment(root: Path = PROJECT_ROOT) -> None:
     """Set defaults; METAADAPT_ONLINE=1 keeps the hubs reachable for users with a network."""
-    defaults = {**TELEMETRY_OFF, **QUIET,
+    defaults = {**LOCAL_ONLY, **TELEMETRY_OFF, **QUIET,
                 "PREFECT_HOME": str(root / ".prefect"),
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
                 "PREFECT_LOGGING_LEVEL": "INFO"}

@@ -48,9 +48,11 @@ def dask_runner(params: Params, address: str | None = None, n_workers: int | Non
     address = address or params.orchestration.dask_address
     if address:
         return DaskTaskRunner(address=address)
+    # scheduler, workers and dashboard on the loopback interface only (a dashboard on ":0" would follow `host`)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n_workers or params.orchestration.dask_workers,
-                                          "threads_per_worker": 1, "dashboard_address": ":0", "processes": True})
+                                          "threads_per_worker": 1, "host": "127.0.0.1",
+                                          "dashboard_address": "127.0.0.1:0", "processes": True})
 
 
 @flow(name="metaadapt-adapt-evaluate-fanout", log_prints=True)

@@ -44,7 +44,7 @@ def _stat(path: Path) -> list:
 
 def ingest_fingerprint(params: Params, domain: str, root: Path, mirror: Path | None) -> str | None:
     """sha256 over the inputs of ``stages.ingest`` for one domain; None when an input is remote."""
-    from components.batches import batch_dir
+    from components.batches import batch_dir, read_ledger
 
     sources = _source_files(params, domain, mirror)
     if sources is None:
@@ -54,6 +54,9 @@ def ingest_fingerprint(params: Params, domain: str, root: Path, mirror: Path | N
     payload = {
         "sources": [_stat(path) for path in sources],
         "batches": [[path.name, path.stat().st_size] for path in batches],
+        # what ingest merges is the ledger's batches, not every parquet on disk: a batch whose file was written
+        # but whose ledger line was not yet (store_batch, another process) must change the fingerprint later
+        "ledger": sorted(record.sha256 for record in read_ledger(root, domain)),
         "params": {"seed": params.seed, "data": params.data.model_dump(mode="json"),
                    "datasets": {name: params.datasets[name].model_dump(mode="json")
                                 for name in [params.domain(domain).dataset, *params.domain(domain).meta_sources]},

@@ -103,3 +103,26 @@ def test_five_triggers_for_one_domain_adapt_one_at_a_time_and_another_domain_in_
     assert news["status"] == "ok"
     overlapping = [r for r in runs if r["started"] < news["finished"] and news["started"] < r["finished"]]
     assert overlapping, ("the other domain's adaptation did not run alongside", news, runs)
+
+
+def test_a_batch_file_written_before_its_ledger_line_changes_the_ingest_fingerprint(tmp_path: Path,
+                                                                                     tiny_bert_dir) -> None:
+    """store_batch writes the parquet, then the ledger line. An ingest that runs in between merges nothing new (it
+    reads the ledger), so its fingerprint must not match the one taken once the ledger lists the batch: otherwise
+    the next ingest would keep its outputs and the batch would never be merged."""
+    from components.batches import batch_dir, content_hash
+    from components.config import load_params, resolve_mirror
+    from components.fingerprint import ingest_fingerprint
+
+    root = make_project(tmp_path, tiny_bert_dir)
+    params = load_params(root / "params.yaml")
+    mirror = resolve_mirror(params.data, root)
+    frame = batch_frame(7)
+    stored = store_batch(frame, "reviews", "b7.csv", root)
+    ledger = batch_dir(root, "reviews") / "ledger.json"
+    full = ledger.read_text()
+    ledger.write_text("[]")                               # the file is there, its ledger line not yet
+    between = ingest_fingerprint(params, "reviews", root, mirror)
+    ledger.write_text(full)
+    assert stored.record.sha256 == content_hash(frame)
+    assert ingest_fingerprint(params, "reviews", root, mirror) != between

@@ -19,7 +19,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_SERVER_API_HOST ?= 127.0.0.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run run-full test test-fast bench bench-quick clean
+.PHONY: install run run-full test test-fast bench bench-all bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ bench: install
 	$(PY) benchmarks/fewshot.py --domains finance_sentiment --seeds 5 --out benchmarks/results/finance_sentiment
 	$(PY) benchmarks/fewshot.py --domains product_reviews --seeds 5 --methods setfit finetune \
 	    --out benchmarks/results/slow_product_reviews
+
+# The benchmarks behind docs/: augmentation, drift detection, throughput, orchestration latency, serving load (≈1 h here).
+bench-all: bench
+	$(PY) benchmarks/fewshot.py --ks 1 5 8 --seeds 5 --methods metaadapt prototypes \
+	    --augment text,noise,mixup,embedding,text+embedding --out benchmarks/results/augment
+	$(PY) benchmarks/drift.py --trials 20
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/orchestration.py
+	$(PY) benchmarks/load.py --concurrency 1 4 8 16 32 --batch-sizes 1 16 --requests 400 --max-seconds 60
 
 bench-quick: install
 	$(PY) benchmarks/fewshot.py --quick

@@ -87,3 +87,11 @@ def reset_mlflow() -> None:
     mlflow.tracking.fluent._active_experiment_id = None
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
         os.environ.pop(name, None)
+
+
+def module_project(tmp_path_factory, tiny_bert: Path) -> Path:
+    """A serving project for a whole test module (its tests only read it): store migrated once, model registered."""
+    store = migrated_store(tmp_path_factory.mktemp("store"))
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_bert, store)
+    reset_mlflow()
+    return root

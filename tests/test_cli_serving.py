@@ -9,16 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from serving_project import DOMAIN, LABELS, make_project, migrated_store, reset_mlflow, sentences
+from serving_project import DOMAIN, LABELS, module_project, reset_mlflow, sentences
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_bert_dir) -> Path:
     """One project for the module: the commands only read it (monitor adds its own report folder)."""
-    store = migrated_store(tmp_path_factory.mktemp("store"))
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir, store)
-    reset_mlflow()
-    return root
+    return module_project(tmp_path_factory, tiny_bert_dir)
 
 
 @pytest.fixture(autouse=True)

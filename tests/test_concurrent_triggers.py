@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from components.batches import ADAPTED, read_ledger, store_batch
 from components.config import PROJECT_ROOT

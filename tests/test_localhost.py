@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-import shutil
 import socket
 from pathlib import Path
 

@@ -24,6 +24,7 @@ from components import registry
 from components.config import PROJECT_ROOT, RegistryConfig
 from components.meta import CosineClassifier, ProjectionHead
 from components.model_io import AdaptedModel, ModelIntegrityError, save_model
+from serving_project import reset_mlflow
 
 DOMAIN = "toy"
 NAME = registry.registered_name(DOMAIN)
@@ -72,15 +73,8 @@ CHILD = textwrap.dedent('''
 
 @pytest.fixture(autouse=True)
 def clean_mlflow():
-    """MLflow keeps the tracking URI and the active experiment in globals and env vars: reset them."""
     yield
-    if mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    mlflow.tracking.fluent._active_experiment_id = None
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
-        os.environ.pop(name, None)
+    reset_mlflow()
 
 
 def model_dir(tiny_bert_dir: Path, directory: Path, seed: int) -> Path:

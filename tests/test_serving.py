@@ -23,17 +23,14 @@ import pytest
 from components import registry
 from components.config import load_params
 from components.model_io import load_model
-from serving_project import DOMAIN, LABELS, make_project, migrated_store, reset_mlflow
+from serving_project import DOMAIN, LABELS, module_project, reset_mlflow
 
 READY_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_bert_dir) -> Path:
-    store = migrated_store(tmp_path_factory.mktemp("store"))
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir, store)
-    reset_mlflow()
-    return root
+    return module_project(tmp_path_factory, tiny_bert_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -12,17 +12,16 @@ domain's downstream stages: the other domains' ingest outputs stay byte-identica
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
 from pathlib import Path
+from typing import ContextManager
 
 import pandas as pd
+
+from components.locks import file_lock
 
 BATCHES_DIR = Path("data") / "batches"
 LEDGER_NAME = "ledger.json"
@@ -100,18 +99,10 @@ def _write_ledger(root: Path, domain: str, records: list[BatchRecord]) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def ledger_lock(root: Path, domain: str) -> Iterator[None]:
-    """Exclusive `flock` on the domain's ledger for a read-modify-write: five batches stored at once by five
+def ledger_lock(root: Path, domain: str) -> ContextManager[float]:
+    """Exclusive lock on the domain's ledger for a read-modify-write: five batches stored at once by five
     processes would otherwise each append to the ledger they read, and the last writer would drop the others."""
-    directory = batch_dir(root, domain)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".ledger.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)   # releases the lock (also when the process dies)
+    return file_lock(batch_dir(root, domain) / ".ledger.lock")
 
 
 def store_batch(frame: pd.DataFrame, domain: str, source: str, root: Path) -> StoreResult:

@@ -31,6 +31,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.tracking import MlflowClient
 
 from components.config import RegistryConfig, flatten
+from components.locks import file_lock
 from components.model_io import require_writable, verify
 from components.safety import redact_secrets, redact_uri
 
@@ -72,15 +73,8 @@ def _initialise_store(uri: str, directory: Path) -> None:
     """
     if uri in _READY_STORES:
         return
-    import fcntl
-    import os
-
-    fd = os.open(directory / ".store.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(directory / ".store.lock"):
         MlflowClient(uri, uri).search_experiments(max_results=1)
-    finally:
-        os.close(fd)
     _READY_STORES.add(uri)
 
 

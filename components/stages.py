@@ -70,7 +70,7 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _read_json_if_present(path: Path) -> dict:
+def read_json_if_present(path: Path) -> dict:
     """A stage's JSON output, or {} when that stage has not run (a failed or new domain)."""
     return _read_json(path) if path.is_file() else {}
 
@@ -375,20 +375,20 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
     """Per-domain results table: reports/summary.md and reports/summary.json."""
     rows = []
-    run_status = _read_json_if_present(root / "reports" / "run_status.json")
+    run_status = read_json_if_present(root / "reports" / "run_status.json")
     for domain in params.domains:
         paths = StagePaths(root, domain)
         if run_status.get(domain, {}).get("status") == "failed":
             rows.append({"domain": domain, "status": f"failed at {run_status[domain]['failed_stage']}"})
             continue
-        metrics = _read_json_if_present(paths.report("metrics"))
-        registry = _read_json_if_present(paths.report("registry"))
-        drift_info = _read_json_if_present(paths.report("drift"))
+        metrics = read_json_if_present(paths.report("metrics"))
+        registry = read_json_if_present(paths.report("registry"))
+        drift_info = read_json_if_present(paths.report("drift"))
         rows.append({"domain": domain, "status": "ok" if metrics else "failed", **metrics,
                      "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
                      "drift_detected": drift_info.get("dataset_drift")})
     caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
-    timings = _read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
+    timings = read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
     payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "stage_seconds": timings,
                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(root / "reports" / "summary.json", payload)

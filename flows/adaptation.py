@@ -20,6 +20,7 @@ from components.batches import mark_adapted, merged_hashes, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
 from components.safety import redact_uri
+from components.stages import StagePaths, read_json_if_present
 from flows.incoming import version_batches
 from flows.orchestration import adaptation_slot, check_domain, publish
 from flows.pipeline import run_domain, run_stage_in_process
@@ -40,14 +41,10 @@ def record_history(root: Path, domain: str, entry: dict) -> Path:
 
 def _merge_timings(root: Path, domain: str, seconds: dict[str, float]) -> None:
     path = root / "reports" / "timings.json"
-    timings = json.loads(path.read_text()) if path.is_file() else {}
+    timings = read_json_if_present(path)
     timings[domain] = {stage: round(value, 2) for stage, value in seconds.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(timings, indent=2, sort_keys=True), encoding="utf-8")
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def adaptation_markdown(domain: str, outcome: dict, mlflow_uri: str) -> str:
@@ -97,11 +94,11 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
                 version_batches(root)  # the ledger's new statuses into data/batches.dvc
             _merge_timings(project, domain, result["seconds"])
             run_stage_in_process("summary", root, force=True)  # in-process: no second import of the stack
-    reports = project / "reports"
-    outcome.update(registry=_read(reports / "registry" / f"{domain}.json"),
-                   metrics=_read(reports / "metrics" / f"{domain}.json"),
-                   drift=_read(reports / "drift" / f"{domain}.json"),
-                   drift_html=str(reports / "drift" / f"{domain}.html"), seconds=result["seconds"])
+    paths = StagePaths(project, domain)
+    outcome.update(registry=read_json_if_present(paths.report("registry")),
+                   metrics=read_json_if_present(paths.report("metrics")),
+                   drift=read_json_if_present(paths.report("drift")),
+                   drift_html=str(paths.report("drift", ".html")), seconds=result["seconds"])
     keys = ("started", "finished", "status", "reason", "flow_run", "batches")
     promoted = outcome["registry"].get("promoted") if result["status"] == "ok" else None
     record_history(project, domain, {k: outcome[k] for k in keys} | {"promoted": promoted})

@@ -21,7 +21,7 @@ from typing import Iterator
 from prefect import flow, get_run_logger, task
 
 from components.config import PROJECT_ROOT, load_params
-from components.stages import DOMAIN_STAGES  # the stage order, defined once beside the stage functions
+from components.stages import DOMAIN_STAGES, StagePaths, read_json_if_present  # DOMAIN_STAGES: the stage order
 from flows.locks import dvc_lock
 
 
@@ -185,8 +185,7 @@ def publish_run_artifact(root: Path, params, results: dict) -> None:
     lines = [summary_file.read_text(encoding="utf-8") if summary_file.is_file() else "# MetaAdapt run", "",
              f"MLflow: `{redact_uri(tracking_uri(params.registry, root))}`", ""]
     for name, result in results.items():
-        registry = root / "reports" / "registry" / f"{name}.json"
-        run_id = json.loads(registry.read_text()).get("run_id") if registry.is_file() else None
+        run_id = read_json_if_present(StagePaths(root, name).report("registry")).get("run_id")
         state = "ok" if result["status"] == "ok" else f"**failed at {result['failed_stage']}** (champion unchanged)"
         lines.append(f"- `{name}`: {state}; MLflow run `{run_id}`; drift report `reports/drift/{name}.html`")
     publish("\n".join(lines) + "\n", "pipeline-run", None, "MetaAdapt pipeline run")

@@ -81,7 +81,7 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
     with adaptation_slot(project, domain, params):
         batches = [record.sha256 for record in pending_batches(project, domain)]
         started = _now()
-        result = run_domain(domain, root, force, in_process=True)  # one import of torch/MLflow/GE per run
+        result = run_domain(domain, root, force)  # in this process: one import of torch/MLflow/GE per run
         finished = _now()
         if result["status"] == "ok":  # exactly the pending batches this run's pool holds; later ones stay pending
             merged = set(merged_hashes(project, domain))

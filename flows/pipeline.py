@@ -3,15 +3,13 @@
 Each Prefect task runs one DVC stage as ``dvc repro`` would: DVC decides whether the stage is stale (one
 ``dvc status`` up front), the stage function runs in this process (torch, MLflow, GE and Evidently are imported
 once per run, not once per stage) and ``dvc commit`` records its outputs in dvc.lock. Prefect gives retries,
-logs, run history and scheduling. ``run_stage`` keeps the subprocess path (``dvc repro --single-item``). A failing domain stops only
-its own chain; the summary still reports every domain.
+logs, run history and scheduling; ``dvc repro`` runs the same stages without Prefect (dvc.yaml's commands). A
+failing domain stops only its own chain; the summary still reports every domain.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -26,41 +24,7 @@ from flows.locks import dvc_lock
 
 
 class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message carries the end of its output."""
-
-
-def dvc_command(root: Path) -> list[str]:
-    """The dvc executable beside this interpreter (a venv), else the one on PATH."""
-    local = Path(sys.executable).with_name("dvc")
-    return [str(local)] if local.exists() else ["dvc"]
-
-
-def stage_environment() -> dict[str, str]:
-    """This interpreter's bin directory first on PATH, so the `python` in dvc.yaml commands is this venv's."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-@task(name="dvc-stage", task_run_name="{target}", retries=0)
-def run_stage(target: str, root: str, force: bool = False) -> float:
-    """Run one DVC stage, streaming its output into the Prefect log; returns seconds taken."""
-    logger = get_run_logger()
-    command = dvc_command(Path(root)) + ["repro", "--single-item", target] + (["--force"] if force else [])
-    with dvc_lock(Path(root)):  # DVC's repo lock fails a second command; ours makes it wait its turn
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=stage_environment())
-        tail: list[str] = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("%s | %s", target, line)
-                tail = (tail + [line])[-25:]
-        if process.wait() != 0:
-            raise StageFailed(f"stage {target} failed (exit {process.returncode}):\n" + "\n".join(tail))
-        return time.perf_counter() - started
+    """A stage raised; the message carries the stage and its error."""
 
 
 _CWD_LOCK = threading.Lock()
@@ -136,25 +100,21 @@ def lock_entry(root: Path, target: str) -> dict:
     return stages.get(target, {})
 
 
-def run_domain(domain: str, root: str, force: bool, in_process: bool = False,
-               stale: set[str] | None = None) -> dict:
-    """All stages of one domain in order; stops at the first failure and reports it. `in_process` runs the stage
-    functions here (one import of the heavy libraries) instead of one `dvc repro` subprocess per stage. `stale`
-    (from one `dvc status` before the run) lets fresh stages be skipped without asking DVC again, until a stage
-    of this domain actually changes its outputs; from then on each later stage is checked as it comes."""
+def run_domain(domain: str, root: str, force: bool, stale: set[str] | None = None) -> dict:
+    """All stages of one domain in order, in this process (one import of the heavy libraries); stops at the first
+    failure and reports it. `stale` (from one `dvc status` before the run) lets fresh stages be skipped without
+    asking DVC again, until a stage of this domain actually changes its outputs; from then on each later stage is
+    checked as it comes."""
     timings: dict[str, float] = {}
     upstream_changed = False
     for stage in DOMAIN_STAGES:
         target = f"{stage}@{domain}"
-        if in_process and stale is not None and not force and not upstream_changed and target not in stale:
+        if stale is not None and not force and not upstream_changed and target not in stale:
             timings[stage] = 0.0
             continue
         before = lock_entry(Path(root), target).get("outs")
         try:
-            if in_process:
-                timings[stage] = run_stage_in_process(target, root, force)
-            else:
-                timings[stage] = run_stage(target, root, force)
+            timings[stage] = run_stage_in_process(target, root, force)
         except StageFailed as error:
             get_run_logger().error(str(error))
             return {"status": "failed", "failed_stage": stage, "error": str(error)[-2000:], "seconds": timings}
@@ -199,7 +159,7 @@ def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), fo
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts
     stale = None if force else stale_targets(Path(root))
-    results = {name: run_domain(name, root, force, in_process=True, stale=stale) for name in selected}
+    results = {name: run_domain(name, root, force, stale=stale) for name in selected}
     status_file = write_run_status(Path(root), results)
     try:
         run_stage_in_process("summary", root, force=True)  # always: a failed domain's old metrics are unchanged

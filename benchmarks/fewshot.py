@@ -462,7 +462,8 @@ def embedding_group(job: dict) -> dict:
     import torch
 
     from components.encoder import load_encoder
-    from components.meta import ProjectionHead, adapt, adapt_select, zero_shot
+    from components.classifier import fit_classifier
+    from components.meta import ProjectionHead, zero_shot
 
     params, method, labels = job["params"], job["method"], job["labels"]
     tick = time.perf_counter()
@@ -492,15 +493,14 @@ def embedding_group(job: dict) -> dict:
         chosen = head
         if support["k"] == 0:
             classifier = zero_shot(head, x, labels)
-        elif method == "metaadapt" and config.select_head:
-            # exactly the pipeline's adaptation (components/learner.adapt_domain): support-set CV also picks
-            # the meta-trained or the untrained head
-            candidates = {"meta": head, "identity": ProjectionHead(head.linear.in_features, params.meta.temperature_init)}
-            _, chosen, classifier = adapt_select(candidates, x, support["labels"], config, support["seed"],
-                                                 label_order=labels, extras=extras)
         else:
-            classifier = adapt(head, x, support["labels"], config, support["seed"], label_order=labels,
-                               extras=extras)
+            # the pipeline's adaptation (components/learner.adapt_domain, uniform prior: balanced K-shot supports);
+            # CV on the support rows also picks the meta-trained or the untrained head
+            candidates = {"meta": head}
+            if method == "metaadapt" and config.select_head:
+                candidates["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init)
+            _, chosen, classifier = fit_classifier(candidates, x, support["labels"], config, support["seed"],
+                                                   label_order=labels, extras=extras)
         return (lambda vectors: classifier.predict(chosen, torch.as_tensor(vectors))), \
             {"steps": classifier.info.get("steps", 0), "head": classifier.info.get("head", "meta"),
              "augment": arm, "augmented_rows": classifier.info.get("augmented_rows", 0)}

@@ -102,6 +102,9 @@ class DomainConfig(_Strict):
     label_descriptions: dict[str, str] = Field(default_factory=dict)
     new_labels: list[str] = Field(default_factory=list, description="labels a user declares as new: an incoming "
                                   "batch may carry them although the adaptation pool does not (yet)")
+    metric: Literal["accuracy", "macro_f1", "balanced_accuracy"] = Field(
+        default="macro_f1", description="what the promotion gate and the majority-class check compare")
+    prior: Literal["uniform", "pool", "traffic"] | None = Field(default=None, description="overrides adapt.prior")
 
 
 class LimitsConfig(_Strict):
@@ -161,12 +164,25 @@ class MetaConfig(_Strict):
 
 
 class AdaptConfig(_Strict):
-    method: Literal["proto", "proto_finetune"] = "proto_finetune"
+    method: Literal["auto", "proto", "proto_finetune"] = Field(
+        default="auto", description="auto: cross-validation on the training rows chooses among cosine classifiers "
+        "(prototypes + fine-tuning steps) and, with enough rows per label, logistic regression on the head's features")
     step_candidates: list[int] = Field(default_factory=lambda: [0, 5, 10, 20, 40, 80], min_length=1)
     lr: float = Field(default=0.01, gt=0.0, le=10.0)
-    cv_folds: int = Field(default=2, ge=2, le=10)
+    cv_folds: int = Field(default=5, ge=2, le=10, description="at most; fewer when a label has fewer rows")
     select_head: bool = Field(default=True, description="also try the untrained head; support-set CV picks one")
-
+    linear_c: list[float] = Field(default_factory=lambda: [0.5, 2.0, 10.0, 50.0, 200.0], min_length=1,
+                                  description="inverse L2 strengths of the logistic-regression candidates")
+    linear_min_per_label: int = Field(default=4, ge=1, description="logistic regression is a candidate only when "
+                                      "every label has at least this many training rows")
+    calibrate: bool = Field(default=True, description="scale logits to minimise out-of-fold balanced log-loss")
+    max_per_label: int | None = Field(default=None, ge=1, description="cap on training rows per label (null = all)")
+    prior: Literal["uniform", "pool", "traffic"] = Field(
+        default="pool", description="class prior added to the balanced classifier: uniform, the labelled pool's "
+        "label frequencies, or EM re-estimation on unlabelled traffic (orchestration.traffic_dir)")
+    traffic_min_rows: int = Field(default=100, ge=1, description="fewer unlabelled traffic rows fall back to pool")
+    traffic_max_rows: int = Field(default=5000, ge=1, description="newest traffic rows read for the prior")
+    prior_pseudo_rows: float = Field(default=50.0, ge=0.0, description="rows' worth of the pool prior in each EM step")
 
 
 class TextOpsConfig(_Strict):
@@ -231,6 +247,8 @@ class DriftConfig(_Strict):
     prediction_drift: bool = Field(default=True, description="a drifted predicted-label distribution counts as drift")
     max_quality_drop: float = Field(default=0.1, ge=0.0, le=1.0,
                                     description="accuracy drop vs the reference (labelled batches) that counts as drift")
+    max_prior_shift: float = Field(default=0.15, ge=0.0, le=1.0, description="total-variation distance between "
+                                   "the batch's estimated class prior and the champion's that counts as drift (label_shift)")
     min_rows: int = Field(default=20, ge=2, description="smallest batch monitor accepts")
 
 
@@ -248,7 +266,13 @@ class RegistryConfig(_Strict):
     experiment: str = Field(default="metaadapt", min_length=1)
     tracking_uri: str | None = None
     promote_margin: float = Field(default=0.0, ge=-1.0, le=1.0,
-                                  description="champion only if gate metric >= champion's + margin (negative tolerates a drop)")
+                                  description="the candidate must beat the champion by more than this, beyond noise")
+    gate_confidence: float = Field(default=0.9, gt=0.5, lt=1.0, description="two-sided level of the paired bootstrap "
+                                   "interval of candidate minus champion; promoted when its lower end > margin")
+    bootstrap_samples: int = Field(default=2000, ge=100, le=100_000)
+    max_champion_age_days: float | None = Field(default=None, gt=0.0, description="an older champion is stale: "
+                                                "a candidate at least as good (interval upper end >= 0) replaces it")
+    experiments_promote: bool = Field(default=False, description="runs of `dvc exp run` may take the champion alias")
 
 
 class OrchestrationConfig(_Strict):
@@ -324,6 +348,10 @@ class Params(_Strict):
         if os.environ.get(TRACKING_ENV):
             return {**data, "registry": {**(registry or {}), "tracking_uri": os.environ[TRACKING_ENV]}}
         return data
+
+    def domain_prior(self, name: str) -> str:
+        """The class prior a domain's model uses: its own `prior`, else `adapt.prior`."""
+        return self.domain(name).prior or self.adapt.prior
 
     def domain(self, name: str) -> DomainConfig:
         """Return one domain, or fail listing the domains that exist."""

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from components.config import Params
 from components.encoder import TextEncoder, load_encoder, pick_device
-from components.meta import EmbedFn, Extras, Learner, ProjectionHead, adapt_select, make_extras, zero_shot
+from components.meta import EmbedFn, Extras, Learner, ProjectionHead, make_extras, zero_shot
 from components.model_io import (AdaptedModel, ModelIntegrityError, atomic_directory, atomic_save_tensors,
                                  atomic_write_text, recover_interrupted_swap, save_model, sha256)
 from components.scopes import encoder_delta, prepare_encoder, restore_encoder
@@ -126,8 +126,16 @@ def support_record(support: pd.DataFrame, labels: list[str], descriptions: dict[
 
 
 def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFrame, labels: list[str],
-                 descriptions: dict[str, str], out_dir: Path) -> dict:
-    """Embed the support set (fresh, not cached: this is the adaptation a user waits for) and adapt; save."""
+                 descriptions: dict[str, str], out_dir: Path, pool_counts: dict[str, int] | None = None,
+                 traffic_texts: Sequence[str] = ()) -> dict:
+    """Embed the training rows (fresh, not cached: this is the adaptation a user waits for), fit the classifier
+    the data supports (components.classifier), apply the domain's class prior; save the model.
+
+    ``pool_counts`` are the labelled pool's rows per label (the `pool` prior; default: the training rows' counts);
+    ``traffic_texts`` are unlabelled rows for the `traffic` prior (EM), embedded here too.
+    """
+    from components.classifier import apply_prior, estimate_prior, fit_classifier
+
     head, encoder, delta = load_learner(meta_dir, params)
     started = time.perf_counter()
     device = encoder.device
@@ -139,8 +147,13 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
         candidates = {"meta": head}
         if params.adapt.select_head:
             candidates["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init).to(device)
-        _, head, classifier = adapt_select(candidates, vectors, support["label"].tolist(), params.adapt,
-                                           params.seed, label_order=labels, extras=extras)
+        _, head, classifier = fit_classifier(candidates, vectors, support["label"].tolist(), params.adapt,
+                                             params.seed, label_order=labels, extras=extras)
+        counts = pool_counts or support["label"].value_counts().to_dict()
+        traffic = _traffic_probabilities(classifier, head, encoder, traffic_texts, params)
+        estimate = estimate_prior(params.domain_prior(domain), [counts.get(label, 0) for label in labels], traffic,
+                                  params.adapt)
+        apply_prior(classifier, estimate, params.domain(domain).metric)
     else:
         prompts = [label_prompt(label, descriptions) for label in labels]
         vectors = torch.as_tensor(encoder.encode(prompts, params.encoder.batch_size), device=device)
@@ -154,8 +167,19 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
                          {"domain": domain, "k": params.domain(domain).k, "seed": params.seed},
                          support_record(support, labels, descriptions))
     save_model(model, out_dir)
-    return {"steps": classifier.info.get("steps", 0), "cv_scores": classifier.info.get("cv_scores", {}),
-            "head": classifier.info.get("head", "meta"), "head_cv_scores": classifier.info.get("head_cv_scores", {}),
-            "augmented_rows": classifier.info.get("augmented_rows", 0),
+    info = classifier.info
+    return {"steps": info.get("steps", 0), "method": info.get("method", "zero_shot"), "chosen": info.get("chosen"),
+            "cv_balanced_accuracy": info.get("cv_balanced_accuracy", {}), "head": info.get("head", "meta"),
+            "scale": info.get("scale", 1.0), "prior": info.get("prior"), "rows_per_label": info.get("rows_per_label"),
+            "augmented_rows": info.get("augmented_rows", 0),
             "adapt_seconds": finished - embedded, "embed_support_seconds": embedded - started,
             "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}
+
+
+def _traffic_probabilities(classifier, head: ProjectionHead, encoder: TextEncoder, texts: Sequence[str],
+                           params: Params):
+    """Uniform-prior posteriors of the traffic rows (what EM re-weights), or None without traffic."""
+    if not len(texts):
+        return None
+    vectors = torch.as_tensor(encoder.encode(list(texts), params.encoder.batch_size), device=encoder.device)
+    return torch.softmax(classifier.balanced_logits(head, vectors), dim=-1).cpu().double().numpy()

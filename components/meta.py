@@ -1,10 +1,10 @@
 """Meta-learning: prototypical networks, first-order Proto-MAML and Reptile over one small interface.
 
 ``meta_train(learner, train_episodes, val_episodes, ...)`` improves a ``Learner`` (a projection head on top of
-the encoder, plus LoRA adapters or the whole encoder in the lora/full scopes); ``adapt(learner, support)``
-turns K labelled examples per label into a predictor: class prototypes in the learned space, then a cosine
-classifier initialised from them and fine-tuned for a number of steps chosen by cross-validation on the
-support set alone (never the test set).
+the encoder, plus LoRA adapters or the whole encoder in the lora/full scopes). Adaptation to a domain's labelled
+rows (prototypes, fine-tuning, logistic regression, calibration, priors) is ``components.classifier``; this module
+keeps the pieces it builds on: ``CosineClassifier``, prototype fine-tuning and the fold bookkeeping of augmented
+rows.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.config import AdaptConfig, MetaConfig
+from components.config import MetaConfig
 from components.episodes import Episode
 
 # Maps pool row indices to (unprojected) embeddings: a lookup into cached embeddings for the head scope, a forward
@@ -311,22 +311,61 @@ def _optimizer(learner: Learner, config: MetaConfig) -> torch.optim.Optimizer:
 
 @dataclass
 class CosineClassifier:
-    """The adapted predictor on top of the head: one weight row per label, cosine logits with a temperature."""
+    """The adapted predictor on top of the head: one weight row per label, then calibration and a class prior.
+
+    ``kind`` "cosine": logits = temperature * cos(head(x), w_label) (prototype-initialised weights); "linear": a
+    logistic regression on the head's features, logits = head(x) @ W.T + bias. Either way the classifier is trained
+    as if every label were equally likely (balanced), ``scale`` calibrates those logits (cross-validated), and
+    ``log_prior`` adds the traffic's class prior: p(y|x) ∝ p_balanced(y|x) * prior(y) (Saerens et al. 2002).
+    """
 
     labels: list[str]
     weights: torch.Tensor
     temperature: float
     info: dict = field(default_factory=dict)
+    kind: str = "cosine"                        # cosine | linear
+    bias: torch.Tensor | None = None            # linear kind only
+    scale: float = 1.0                          # calibration: balanced logits are multiplied by this
+    log_prior: torch.Tensor | None = None       # None = uniform prior
+    # (calibrated out-of-fold logits, their labels) from the fit's cross-validation; not saved with the model
+    validation: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @torch.no_grad()
+    def balanced_logits(self, head: ProjectionHead, embeddings: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits under a uniform class prior (what prior estimation by EM needs)."""
+        z = head(embeddings)
+        if self.kind == "linear":
+            logits = z @ self.weights.T + (0.0 if self.bias is None else self.bias)
+        else:
+            logits = cosine_logits(z, self.weights, self.temperature)
+        return logits * self.scale
 
     @torch.no_grad()
     def predict_proba(self, head: ProjectionHead, embeddings: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(cosine_logits(head(embeddings), self.weights, self.temperature), dim=-1)
+        logits = self.balanced_logits(head, embeddings)
+        if self.log_prior is not None:
+            logits = logits + self.log_prior.to(logits.dtype)
+        return torch.softmax(logits, dim=-1)
 
     def predict(self, head: ProjectionHead, embeddings: torch.Tensor) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(head, embeddings).argmax(1).tolist()]
 
+    @property
+    def prior(self) -> dict[str, float]:
+        """The class prior estimated for the traffic, {label: probability} (uniform when none is set).
 
-def _finetune_checkpoints(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
+        This is the estimate (what drift monitoring compares a batch with), not ``log_prior``, which holds it at
+        the strength the domain's metric chose (components.classifier.prior_strength).
+        """
+        estimated = (self.info.get("prior") or {}).get("prior")
+        if estimated:
+            return {label: float(estimated[label]) for label in self.labels}
+        if self.log_prior is None:
+            return {label: 1.0 / len(self.labels) for label in self.labels}
+        return dict(zip(self.labels, torch.softmax(self.log_prior.double(), 0).tolist()))
+
+
+def finetune_path(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
                           checkpoints: Sequence[int], lr: float) -> dict[int, torch.Tensor]:
     """Classifier weights after each of `checkpoints` full-batch Adam steps (head frozen), from one run.
 
@@ -340,27 +379,16 @@ def _finetune_checkpoints(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor
     weights = weights.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([weights], lr=lr)
     temperature = head.temperature.item()
+    # balanced: each label weighs the same, like the prototypes, so the class prior is applied once, at the end
+    counts = torch.bincount(y, minlength=n).to(z.dtype)
+    label_weights = torch.where(counts > 0, len(y) / (int((counts > 0).sum()) * counts.clamp(min=1)), counts)
     for step in range(1, max(checkpoints, default=0) + 1):
         optimizer.zero_grad()
-        F.cross_entropy(cosine_logits(z, weights, temperature), y).backward()
+        F.cross_entropy(cosine_logits(z, weights, temperature), y, weight=label_weights).backward()
         optimizer.step()
         if step in checkpoints:
             out[step] = weights.detach().clone()
     return out
-
-
-def _finetune(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int, steps: int, lr: float) -> torch.Tensor:
-    """Prototype-initialised classifier weights after `steps` full-batch Adam steps (head frozen)."""
-    return _finetune_checkpoints(head, x, y, n, [steps], lr)[steps]
-
-
-def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    assignment = np.empty(len(y), dtype=int)
-    for label in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == label))
-        assignment[rows] = np.arange(len(rows)) % folds
-    return [np.flatnonzero(assignment == f) for f in range(folds)]
 
 
 @dataclass
@@ -372,7 +400,7 @@ class Extras:
     origins: np.ndarray
 
 
-def _fold_train(x: torch.Tensor, y: torch.Tensor, held: np.ndarray, extras: Extras | None):
+def fold_train(x: torch.Tensor, y: torch.Tensor, held: np.ndarray, extras: Extras | None):
     """Training rows of one CV fold: the support rows not held out, plus the augmented rows none of whose origins
     is held out (a held-out example's copies and mixes stay out of training, so the fold's score does not leak)."""
     train = np.setdiff1d(np.arange(len(y)), held)
@@ -380,31 +408,6 @@ def _fold_train(x: torch.Tensor, y: torch.Tensor, held: np.ndarray, extras: Extr
         return x[train], y[train]
     keep = torch.as_tensor(~np.isin(extras.origins, held).any(axis=1))
     return torch.cat([x[train], extras.x[keep]]), torch.cat([y[train], extras.y[keep]])
-
-
-def choose_steps(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int, config: AdaptConfig,
-                 seed: int, extras: Extras | None = None) -> tuple[int, dict[int, float]]:
-    """Pick the fine-tuning step count by k-fold cross-validation on the support set; ties go to fewer steps.
-
-    Folds are drawn over the original support rows and scored on held-out originals only; augmented ``extras``
-    join a training fold only when all of their origins are in it.
-    """
-    counts = np.bincount(y.cpu().numpy(), minlength=n)
-    if counts.min() < config.cv_folds or len(config.step_candidates) == 1:
-        return min(config.step_candidates), {}
-    folds = _stratified_folds(y.cpu().numpy(), config.cv_folds, seed)
-    candidates = sorted(set(config.step_candidates))
-    correct = dict.fromkeys(candidates, 0)
-    for held in folds:
-        x_train, y_train = _fold_train(x, y, held, extras)
-        path = _finetune_checkpoints(head, x_train, y_train, n, candidates, config.lr)
-        with torch.no_grad():
-            z_held = head(x[held])
-            for steps, weights in path.items():
-                correct[steps] += int((cosine_logits(z_held, weights, 1.0).argmax(1) == y[held]).sum())
-    scores = {steps: correct[steps] / len(y) for steps in candidates}
-    best = max(scores.values())
-    return min(s for s, v in scores.items() if v >= best - 1e-12), scores
 
 
 def make_extras(vectors, extra_labels: Sequence[str], origins, labels: Sequence[str], device) -> Extras:
@@ -415,63 +418,6 @@ def make_extras(vectors, extra_labels: Sequence[str], origins, labels: Sequence[
     return Extras(torch.as_tensor(np.asarray(vectors), dtype=torch.float32, device=device),
                   torch.tensor([list(labels).index(label) for label in extra_labels], dtype=torch.long, device=device),
                   np.asarray(origins, dtype=int).reshape(-1, 2))
-
-
-def adapt(head: ProjectionHead, support: torch.Tensor, support_labels: Sequence[str], config: AdaptConfig,
-          seed: int, label_order: Sequence[str] | None = None, extras: Extras | None = None) -> CosineClassifier:
-    """Few-shot adaptation from embedded support examples: prototypes, then CV-chosen fine-tuning steps.
-
-    ``extras`` (augmented rows, see components.augment) join the prototypes and the fine-tuning; the step count's
-    cross-validation keeps each held-out example's augmented rows out of its training folds.
-    """
-    labels = list(label_order) if label_order else sorted(set(support_labels))
-    unknown = sorted(set(support_labels) - set(labels))
-    if unknown:
-        raise ValueError(f"support labels {unknown} are not among the domain's labels {labels}")
-    missing = [label for label in labels if label not in set(support_labels)]
-    if missing:
-        raise ValueError(f"no support example for label(s) {missing}; give at least one per label or use k=0")
-    y = torch.tensor([labels.index(label) for label in support_labels], device=support.device)
-    head.eval()
-    started = time.perf_counter()
-    with small_ops_threading():
-        if config.method == "proto":
-            steps, scores = 0, {}
-        else:
-            steps, scores = choose_steps(head, support, y, len(labels), config, seed, extras)
-        x_all, y_all = (support, y) if extras is None else (torch.cat([support, extras.x]), torch.cat([y, extras.y]))
-        weights = _finetune(head, x_all, y_all, len(labels), steps, config.lr)
-    info = {"steps": steps, "cv_scores": scores, "seconds": time.perf_counter() - started,
-            "support_size": len(support_labels), "augmented_rows": 0 if extras is None else len(extras.y)}
-    return CosineClassifier(labels, weights, head.temperature.item(), info)
-
-
-def adapt_select(heads: dict[str, ProjectionHead], support: torch.Tensor, support_labels: Sequence[str],
-                 config: AdaptConfig, seed: int, label_order: Sequence[str] | None = None,
-                 extras: Extras | None = None) -> tuple[str, ProjectionHead, CosineClassifier]:
-    """Adapt with the head whose support-set cross-validation accuracy is best (first listed wins ties).
-
-    Why: meta-training on source tasks that do not transfer (measured: CLINC/SNIPS for Banking77) can cost a point
-    or two; the support set alone, never the test set, decides whether to keep the meta-trained head.
-    """
-    with small_ops_threading():
-        return _adapt_select(heads, support, support_labels, config, seed, label_order, extras)
-
-
-def _adapt_select(heads, support, support_labels, config, seed, label_order, extras=None):
-    """The body of adapt_select, run inside its threading context."""
-    labels = list(label_order) if label_order else sorted(set(support_labels))
-    y = torch.tensor([labels.index(label) for label in support_labels if label in labels], device=support.device)
-    scores: dict[str, float] = {}
-    if len(heads) > 1 and config.method != "proto" and len(y) == len(support_labels):
-        for name, head in heads.items():
-            cv = choose_steps(head.eval(), support, y, len(labels), config, seed, extras)[1]
-            scores[name] = max(cv.values()) if cv else float("nan")
-    valid = {name: score for name, score in scores.items() if score == score}
-    chosen = max(valid, key=lambda name: (valid[name], -list(heads).index(name))) if valid else next(iter(heads))
-    classifier = adapt(heads[chosen], support, support_labels, config, seed, label_order, extras)
-    classifier.info.update(head=chosen, head_cv_scores=scores)
-    return chosen, heads[chosen], classifier
 
 
 def zero_shot(head: ProjectionHead, label_embeddings: torch.Tensor, labels: Sequence[str]) -> CosineClassifier:

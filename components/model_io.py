@@ -199,7 +199,7 @@ def save_model(model: AdaptedModel, directory: Path) -> Path:
     """Write into a temporary sibling, then swap in: a crash mid-write never leaves a half model in place, and a
     failed write (disk full, permissions) raises StorageError with the previous model untouched."""
     directory = Path(directory)
-    tensors = {"head.safetensors": model.head.state_dict(), "classifier.safetensors": {"weights": model.classifier.weights}}
+    tensors = {"head.safetensors": model.head.state_dict(), "classifier.safetensors": classifier_tensors(model.classifier)}
     if model.encoder_state:
         tensors["encoder.safetensors"] = model.encoder_state
     with atomic_directory(directory) as staging:
@@ -211,11 +211,23 @@ def save_model(model: AdaptedModel, directory: Path) -> Path:
             names.append(SUPPORT)
         manifest = {"format_version": FORMAT_VERSION, "labels": model.labels,
                     "temperature": model.classifier.temperature, "dim": int(model.classifier.weights.shape[1]),
+                    "classifier_kind": model.classifier.kind, "scale": model.classifier.scale,
+                    "prior": model.classifier.prior if model.classifier.log_prior is not None else None,
                     "encoder": model.encoder, "scope": model.scope, "lora": model.lora,
                     "adapt_info": _jsonable(model.classifier.info), "metadata": model.metadata or {},
                     "files": {name: sha256(staging / name) for name in names}}
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return directory
+
+
+def classifier_tensors(classifier: CosineClassifier) -> dict[str, torch.Tensor]:
+    """The classifier's tensors: weights, and the bias and log prior where it has them."""
+    tensors = {"weights": classifier.weights}
+    if classifier.bias is not None:
+        tensors["bias"] = classifier.bias
+    if classifier.log_prior is not None:
+        tensors["log_prior"] = classifier.log_prior
+    return tensors
 
 
 def _jsonable(value: Any) -> Any:
@@ -251,8 +263,11 @@ def load_model(directory: Path) -> AdaptedModel:
     manifest = verify(directory)
     head = ProjectionHead(manifest["dim"])
     head.load_state_dict(load_file(str(directory / "head.safetensors")))
-    weights = load_file(str(directory / "classifier.safetensors"))["weights"]
-    classifier = CosineClassifier(manifest["labels"], weights, manifest["temperature"], manifest.get("adapt_info", {}))
+    tensors = load_file(str(directory / "classifier.safetensors"))
+    # models saved before calibration and priors existed have neither: cosine kind, scale 1, uniform prior
+    classifier = CosineClassifier(manifest["labels"], tensors["weights"], manifest["temperature"],
+                                  manifest.get("adapt_info", {}), manifest.get("classifier_kind", "cosine"),
+                                  tensors.get("bias"), float(manifest.get("scale", 1.0)), tensors.get("log_prior"))
     encoder_state = load_file(str(directory / "encoder.safetensors")) if "encoder.safetensors" in manifest["files"] else None
     support = json.loads((directory / SUPPORT).read_text(encoding="utf-8")) if SUPPORT in manifest["files"] else None
     return AdaptedModel(head.eval(), classifier, manifest["encoder"], manifest["scope"], encoder_state,

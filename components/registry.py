@@ -16,6 +16,7 @@ as ``FAILED`` (tag ``abandoned``), so the champion alias only ever points at a v
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import tempfile
@@ -34,6 +35,7 @@ from components.config import RegistryConfig, flatten
 from components.locks import file_lock
 from components.model_io import require_writable, verify
 from components.safety import redact_secrets, redact_uri
+from components.scoring import PairedComparison
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -143,6 +145,8 @@ class RegistrationResult:
     reason: str
     champion_version: int | None          # the champion after the gate (the new version when promoted)
     previous_champion_metric: float | None
+    comparison: dict[str, Any] | None = None   # the paired bootstrap against the champion, when there was one
+    experiment: bool = False                   # registered from `dvc exp run`: no alias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,12 +154,14 @@ class RegistrationResult:
 
 def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, float], params: dict[str, Any],
                           tags: dict[str, str], artifacts: dict[str, Path], config: RegistryConfig, root: Path,
-                          gate_metric: str = "macro_f1") -> RegistrationResult:
+                          gate_metric: str = "macro_f1", evidence: GateEvidence | None = None) -> RegistrationResult:
     """Log one adaptation run, register its model, and move the champion alias only if the gate passes.
 
     Everything that can be checked is checked before the run starts (model checksums, the gate metric, the
     report files), so a broken model raises ModelIntegrityError and leaves no run and no version behind.
-    ``artifacts`` maps a name to a file or directory; it is stored under that name in the run.
+    ``artifacts`` maps a name to a file or directory; it is stored under that name in the run. ``evidence`` (the
+    paired comparison with the champion, the majority-class check, staleness, experiment runs) decides the gate;
+    without it, the plain rule new >= champion + margin applies.
     """
     model_dir = Path(model_dir)
     verify(model_dir)
@@ -177,7 +183,10 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     verify_registered_version(name, version)           # before any alias can point at it
     client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
     client.set_model_version_tag(name, str(version), "gate_metric", gate_metric)
-    result = _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_margin)
+    result = _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_margin,
+                         evidence or GateEvidence())
+    if result.comparison:
+        client.set_tag(run.info.run_id, "gate_interval", json.dumps(result.comparison))
     client.set_tag(run.info.run_id, "promotion_reason", result.reason)
     client.set_tag(run.info.run_id, "promoted", str(result.promoted).lower())
     client.set_model_version_tag(name, str(version), COMPLETE_TAG, "true")   # the commit marker, last
@@ -195,11 +204,17 @@ def verify_registered_version(name: str, version: int) -> None:
     alias, and the next registration deletes it as incomplete.
     """
     with tempfile.TemporaryDirectory(prefix="metaadapt-verify-") as scratch:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=scratch))
-        import yaml
+        verify(download_model_dir(name, version, Path(scratch)))
 
-        flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
-        verify(local / flavor["artifacts"]["model_dir"]["path"])
+
+def download_model_dir(name: str, version: int, destination: Path) -> Path:
+    """A registered version's model directory (safetensors + manifest), downloaded under `destination`."""
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                     dst_path=str(destination)))
+    flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+    return local / flavor["artifacts"]["model_dir"]["path"]
 
 
 def _is_incomplete(version: Any, aliased: set[str]) -> bool:
@@ -341,28 +356,62 @@ def _requirements() -> list[str]:
 # ----------------------------------------------------------------------------------------------- the gate
 
 
+@dataclass
+class GateEvidence:
+    """What the promotion gate weighs besides the two metrics (components.stages.register gathers it)."""
+
+    comparison: PairedComparison | None = None     # candidate minus champion on the same rows, with its interval
+    beats_majority: bool | None = None             # the candidate beats the majority class on the domain's metric
+    stale_reason: str | None = None                # why the champion no longer counts (label set changed, age)
+    experiment: str | None = None                  # a `dvc exp run` registration: tagged, never champion
+
+
 def _apply_gate(client: MlflowClient, name: str, version: int, run_id: str, new_metric: float, gate_metric: str,
-                margin: float) -> RegistrationResult:
-    """Promote when there is no champion or new >= champion + margin; otherwise make it the challenger, say why."""
+                margin: float, evidence: GateEvidence) -> RegistrationResult:
+    """Promote, make challenger, or (experiments) tag only; say why on the version and the run."""
     champion = _champion(client, name, gate_metric)
-    previous = champion["metric"] if champion else None
-    if champion is None:
-        promoted, reason = True, f"no champion yet; v{version} ({gate_metric}={new_metric:.4f}) becomes champion"
-    elif previous is None:
-        promoted, reason = True, (f"champion v{champion['version']} has no recorded {gate_metric}; "
-                                  f"v{version} ({gate_metric}={new_metric:.4f}) replaces it")
-    elif new_metric >= previous + margin:
-        promoted, reason = True, (f"v{version} {gate_metric}={new_metric:.4f} >= champion v{champion['version']} "
-                                  f"{previous:.4f} + margin {margin}; promoted")
-    else:
-        promoted, reason = False, (f"v{version} {gate_metric}={new_metric:.4f} < champion v{champion['version']} "
-                                   f"{previous:.4f} + margin {margin}; champion kept, v{version} is challenger")
-    # the alias first: a crash before it leaves a version with no alias and no `promoted` tag (cleaned next time)
-    client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
+    promoted, reason = _gate_decision(version, champion, new_metric, gate_metric, margin, evidence)
+    if evidence.experiment:
+        client.set_model_version_tag(name, str(version), "experiment", evidence.experiment)
+    else:  # the alias first: a crash before it leaves a version with no alias and no `promoted` tag (cleaned next time)
+        client.set_registered_model_alias(name, CHAMPION if promoted else CHALLENGER, str(version))
+    if evidence.beats_majority is not None:
+        client.set_model_version_tag(name, str(version), "beats_majority", str(evidence.beats_majority).lower())
     client.set_model_version_tag(name, str(version), "promoted", str(promoted).lower())
     client.set_model_version_tag(name, str(version), "promotion_reason", reason)
-    champion_version = version if promoted else champion["version"]
-    return RegistrationResult(name, version, run_id, promoted, reason, champion_version, previous)
+    champion_version = version if promoted else (champion["version"] if champion else None)
+    return RegistrationResult(name, version, run_id, promoted, reason, champion_version,
+                              champion["metric"] if champion else None,
+                              evidence.comparison.to_dict() if evidence.comparison else None,
+                              bool(evidence.experiment))
+
+
+def _gate_decision(version: int, champion: dict[str, Any] | None, new_metric: float, gate_metric: str, margin: float,
+                   evidence: GateEvidence) -> tuple[bool, str]:
+    """The rules, in order: experiment runs never promote; no champion; majority-class check; stale champion;
+    the paired interval (lower end above the margin); the plain comparison when no pairing was possible."""
+    new = f"v{version} {gate_metric}={new_metric:.4f}"
+    if evidence.experiment:
+        return False, f"{new} registered as experiment {evidence.experiment!r} (dvc exp run); champion untouched"
+    if champion is None:
+        return True, f"no champion yet; {new} becomes champion"
+    old = f"champion v{champion['version']}"
+    if evidence.beats_majority is False and champion.get("beats_majority") is True:
+        return False, f"{new} does not beat the majority class and {old} does; champion kept"
+    if evidence.beats_majority is True and champion.get("beats_majority") is False:
+        return True, f"{new} beats the majority class and {old} does not; promoted"
+    if evidence.stale_reason:
+        return True, f"{old} is stale ({evidence.stale_reason}); {new} replaces it"
+    if champion["metric"] is None:
+        return True, f"{old} has no recorded {gate_metric}; {new} replaces it"
+    comparison = evidence.comparison
+    if comparison is not None:
+        if comparison.low > margin:
+            return True, f"{comparison.describe()}: lower end > margin {margin}; promoted over {old}"
+        return False, f"{comparison.describe()}: not better than {old} beyond noise (margin {margin}); challenger"
+    if new_metric >= champion["metric"] + margin:
+        return True, f"{new} >= {old} {champion['metric']:.4f} + margin {margin} (unpaired); promoted"
+    return False, f"{new} < {old} {champion['metric']:.4f} + margin {margin} (unpaired); champion kept, challenger"
 
 
 def _champion(client: MlflowClient, name: str, gate_metric: str) -> dict[str, Any] | None:
@@ -380,7 +429,8 @@ def _champion(client: MlflowClient, name: str, gate_metric: str) -> dict[str, An
     if metric is None and version.run_id:
         metric = client.get_run(version.run_id).data.metrics.get(gate_metric)
     return {"version": int(version.version), "run_id": version.run_id,
-            "metric": None if metric is None else float(metric)}
+            "metric": None if metric is None else float(metric),
+            **({"beats_majority": version.tags["beats_majority"] == "true"} if "beats_majority" in version.tags else {})}
 
 
 def alias_versions(domain: str, config: RegistryConfig, root: Path) -> dict[str, dict[str, Any]]:

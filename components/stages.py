@@ -268,87 +268,258 @@ def _log_meta_run(params: Params, domain: str, root: Path, summary: dict, paths:
 
 
 def sample_support(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
-    """K rows per label, deterministic by seed; too few rows for a label is a clear error."""
-    counts = adapt["label"].value_counts()
-    short = counts[counts < k]
-    if len(short):
-        raise DataError(f"too few examples per label for k={k}: " +
-                        ", ".join(f"{label!r} has {n}" for label, n in short.items()))
-    parts = [rows.sample(n=k, random_state=seed) for _, rows in adapt.groupby("label", sort=True)]
+    """K rows per label (all of a label's rows when it has fewer), deterministic by seed: the few-shot setting."""
+    parts = [rows.sample(n=min(k, len(rows)), random_state=seed) for _, rows in adapt.groupby("label", sort=True)]
     return pd.concat(parts).reset_index(drop=True)
 
 
+def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.DataFrame) -> dict[str, float]:
+    """The K-shot demonstration beside the all-rows model: the same adaptation from K rows per label, same rows.
+
+    Why in the default run: K is what the project promises (a new domain from a handful of examples); the
+    all-rows model is what it ships. Both on the same evaluation rows show what the extra labels bought.
+    """
+    import torch
+
+    from components.classifier import apply_prior, estimate_prior, fit_classifier
+    from components.learner import load_learner
+    from components.meta import ProjectionHead
+    from components.scoring import scores
+
+    paths, config = StagePaths(root, domain), params.domain(domain)
+    pool = pd.read_parquet(paths.prepared / "adapt.parquet")
+    support = sample_support(pool, config.k, params.seed)
+    head = load_learner(paths.meta_dir, params)[0]
+    heads = {"meta": head, **({"identity": ProjectionHead(head.linear.in_features)} if params.adapt.select_head else {})}
+    labels = sorted(pool["label"].unique())
+    x = torch.as_tensor(embed(support["text"].tolist(), params, root))
+    _, chosen, classifier = fit_classifier(heads, x, support["label"].tolist(), params.adapt, params.seed, labels)
+    counts = pool["label"].value_counts()
+    apply_prior(classifier, estimate_prior("uniform" if params.domain_prior(domain) == "uniform" else "pool",
+                                           [int(counts.get(label, 0)) for label in labels], None, params.adapt),
+                config.metric)
+    predicted = classifier.predict(chosen, torch.as_tensor(embed(evaluation["text"].tolist(), params, root)))
+    return {f"kshot_{name}": value for name, value in scores(evaluation["label"].tolist(), predicted).items()}
+
+
+def training_rows(pool: pd.DataFrame, max_per_label: int | None, seed: int) -> pd.DataFrame:
+    """Every labelled row, or at most `max_per_label` per label (a deterministic sample by seed)."""
+    if max_per_label is None:
+        return pool.reset_index(drop=True)
+    parts = [rows.sample(n=min(len(rows), max_per_label), random_state=seed)
+             for _, rows in pool.groupby("label", sort=True)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def short_label_warnings(pool: pd.DataFrame, k: int) -> list[str]:
+    """Labels adapted from fewer rows than the domain's k: kept, with a warning the summary and MLflow show."""
+    counts = pool["label"].value_counts()
+    return [f"label {label!r} has {n} labelled row(s) < k={k}: adapted from what it has"
+            for label, n in sorted(counts[counts < k].items())]
+
+
+def traffic_texts(params: Params, root: Path, domain: str) -> list[str]:
+    """Unlabelled texts of the domain's traffic folder, newest files first, at most adapt.traffic_max_rows."""
+    from components.data import READERS, read_texts
+
+    folder = root / params.orchestration.traffic_dir / domain
+    if params.domain_prior(domain) != "traffic" or not folder.is_dir():
+        return []
+    texts: list[str] = []
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for file in files:
+        try:
+            texts += read_texts(file)
+        except (DataError, OSError) as error:   # a broken traffic file costs its rows, never the adaptation
+            log.warning("traffic file %s skipped for the prior: %s", file, error)
+        if len(texts) >= params.adapt.traffic_max_rows:
+            break
+    return texts[:params.adapt.traffic_max_rows]
+
+
 def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Adapt the meta-trained learner to K examples per label of the domain; save the candidate model."""
+    """Adapt the meta-trained learner to every labelled row of the domain (up to adapt.max_per_label per label).
+
+    k=0 is zero-shot from the label descriptions. A label with fewer rows than k is adapted from what it has,
+    with a warning; the class prior comes from the pool's label counts or the domain's traffic (adapt.prior).
+    """
     from components.learner import adapt_domain
 
     paths = StagePaths(root, domain)
     pool = pd.read_parquet(paths.prepared / "adapt.parquet")
     config = params.domain(domain)
-    support = sample_support(pool, config.k, params.seed) if config.k else pool.iloc[:0]
+    rows = training_rows(pool, params.adapt.max_per_label, params.seed) if config.k else pool.iloc[:0]
     labels = sorted(pool["label"].unique())
-    info = adapt_domain(params, domain, paths.meta_dir, support, labels, config.label_descriptions, paths.candidate)
-    support.to_parquet(paths.prepared / "support.parquet", index=False)
+    info = adapt_domain(params, domain, paths.meta_dir, rows, labels, config.label_descriptions, paths.candidate,
+                        pool_counts=pool["label"].value_counts().to_dict(),
+                        traffic_texts=traffic_texts(params, root, domain))
+    info["warnings"] = short_label_warnings(pool, config.k) if config.k else []
+    rows.to_parquet(paths.prepared / "support.parquet", index=False)
     _write_json(paths.models / "adapt_info.json", info)
-    log.info("adapt %s: k=%d, %d labels, %.2f s (steps %s)", domain, config.k, len(labels),
-             info["adapt_total_seconds"], info["steps"])
+    for warning in info["warnings"]:
+        log.warning("adapt %s: %s", domain, warning)
+    log.info("adapt %s: %d rows, %d labels, %s, prior %s, %.2f s", domain, len(rows), len(labels),
+             info.get("chosen"), (info.get("prior") or {}).get("source"), info["adapt_total_seconds"])
     return info
 
 
+def model_predictions(predictor, texts: list[str], params: Params, root: Path) -> list[str]:
+    """A model's labels for texts; the head scope reads the pipeline's embedding cache (same frozen encoder)."""
+    vectors = embed(texts, params, root, predictor.encoder) if predictor.model.scope == "head" \
+        else predictor.embed(texts)
+    return [predictor.labels[i] for i in predictor.predict_proba_embeddings(vectors).argmax(1)]
+
+
+def zero_shot_predictions(predictor, texts: list[str], labels: list[str], descriptions: dict[str, str],
+                          params: Params, root: Path) -> list[str]:
+    """The zero-shot baseline on the same rows: nearest label description (or name) in the encoder's space."""
+    from components.learner import label_prompt
+
+    prompts = np.asarray(predictor.encoder.encode([label_prompt(l, descriptions) for l in labels],
+                                                  params.encoder.batch_size))
+    rows = embed(texts, params, root, predictor.encoder) if predictor.model.scope == "head" else predictor.embed(texts)
+    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(1e-12)
+    prompts = prompts / np.linalg.norm(prompts, axis=1, keepdims=True).clip(1e-12)
+    return [labels[i] for i in (rows @ prompts.T).argmax(1)]
+
+
 def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Score the candidate on the held-out split: accuracy, macro-F1, per-label F1, confusion, throughput."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    """Score the candidate on the held-out split beside the majority-class and zero-shot baselines (same rows).
+
+    accuracy, macro-F1 and balanced accuracy for each; whether the model beats the majority class on the domain's
+    metric; labels the split lacks are listed as not evaluated. Per-row predictions go to eval_predictions.parquet
+    (what the promotion gate pairs with the champion's).
+    """
+    from sklearn.metrics import confusion_matrix, f1_score
 
     from components.predictor import Predictor
+    from components.scoring import baseline_row, majority_label, not_evaluated, scores
 
     paths = StagePaths(root, domain)
+    config = params.domain(domain)
     evaluation = pd.read_parquet(paths.prepared / "eval.parquet")
+    pool_labels = pd.read_parquet(paths.prepared / "adapt.parquet", columns=["label"])["label"].tolist()
     predictor = Predictor.from_directory(paths.candidate)
+    texts, truth, labels = evaluation["text"].tolist(), evaluation["label"].tolist(), predictor.labels
     started = time.perf_counter()
-    vectors = embed(evaluation["text"].tolist(), params, root, predictor.encoder) if predictor.model.scope == "head" \
-        else predictor.embed(evaluation["text"].tolist())
-    predicted = [predictor.labels[i] for i in predictor.predict_proba_embeddings(vectors).argmax(1)]
+    predicted = model_predictions(predictor, texts, params, root)
     seconds = time.perf_counter() - started
-    truth = evaluation["label"].tolist()
-    labels = predictor.labels
     info = _read_json(paths.models / "adapt_info.json")
-    metrics = {"accuracy": accuracy_score(truth, predicted),
-               "macro_f1": f1_score(truth, predicted, labels=labels, average="macro", zero_division=0),
-               "eval_rows": len(truth), "n_labels": len(labels), "k": params.domain(domain).k,
+    majority = majority_label(pool_labels)
+    metrics = {**scores(truth, predicted), **baseline_row("majority", truth, [majority] * len(truth)),
+               **baseline_row("zero_shot", truth, zero_shot_predictions(predictor, texts, labels,
+                                                                         config.label_descriptions, params, root)),
+               "eval_rows": len(truth), "n_labels": len(labels), "k": config.k, "train_rows": info["support_rows"],
                "adapt_seconds": info["adapt_seconds"], "adapt_total_seconds": info["adapt_total_seconds"],
-               "predict_texts_per_second": len(truth) / max(seconds, 1e-9),
-               "majority_class_accuracy": float(evaluation["label"].value_counts(normalize=True).iloc[0])}
+               "predict_texts_per_second": len(truth) / max(seconds, 1e-9)}
+    metrics["beats_majority"] = float(metrics[config.metric] > metrics[f"majority_{config.metric}"])
+    if config.k and predictor.model.scope == "head":   # lora/full would need their encoder for every text
+        metrics.update(few_shot_scores(params, domain, root, evaluation))
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    skipped = not_evaluated(labels, truth)
     _write_json(paths.report("metrics"), metrics)
-    _write_json(paths.report("confusion"), {"labels": labels, "per_label_f1": dict(zip(labels, per_label.tolist())),
-                                            "matrix": confusion_matrix(truth, predicted, labels=labels).tolist()})
-    log.info("evaluate %s: accuracy %.4f macro-F1 %.4f on %d rows", domain, metrics["accuracy"],
-             metrics["macro_f1"], len(truth))
+    _write_json(paths.report("confusion"), {
+        "labels": labels, "metric": config.metric, "majority_label": majority, "not_evaluated": skipped,
+        "per_label_f1": {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())},
+        "matrix": confusion_matrix(truth, predicted, labels=labels).tolist(), "warnings": info.get("warnings", []),
+        "method": info.get("chosen"), "prior": info.get("prior")})
+    pd.DataFrame({"text": texts, "label": truth, "predicted": predicted}).to_parquet(
+        paths.prepared / "eval_predictions.parquet", index=False)
+    log.info("evaluate %s: accuracy %.4f macro-F1 %.4f balanced %.4f on %d rows (majority %.4f / %.4f, zero-shot "
+             "%.4f / %.4f)", domain, metrics["accuracy"], metrics["macro_f1"], metrics["balanced_accuracy"],
+             len(truth), metrics["majority_accuracy"], metrics["majority_macro_f1"], metrics["zero_shot_accuracy"],
+             metrics["zero_shot_macro_f1"])
+    if not metrics["beats_majority"]:
+        log.warning("evaluate %s: %s %.4f does not beat the majority class (%.4f): flagged, never promoted over a "
+                    "model that does", domain, config.metric, metrics[config.metric],
+                    metrics[f"majority_{config.metric}"])
     return metrics
 
 
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate."""
+    """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
+
+    The gate gets evidence, not two numbers: the candidate and the champion scored on the same evaluation rows
+    (paired bootstrap interval), whether each beats the majority class, whether the champion is stale, and
+    whether this is a `dvc exp run` (registered as an experiment, never champion).
+    """
     from components.registry import register_domain_model
     from components.safety import redact_secrets
 
     paths = StagePaths(root, domain)
     metrics = _read_json(paths.report("metrics"))
     manifest = _read_json(paths.prepared / "manifest.json")
+    info = _read_json(paths.models / "adapt_info.json")
+    metric = params.domain(domain).metric
+    evidence = gate_evidence(params, domain, root, paths, metrics)
     result = register_domain_model(
         domain=domain, model_dir=paths.candidate,
         metrics={k: float(v) for k, v in metrics.items()},
         params=redact_secrets(flatten({"domain": params.domain(domain).model_dump(), "adapt": params.adapt.model_dump(),
                                        "meta": params.meta.model_dump(), "encoder": params.encoder.model_dump(),
                                        "seed": params.seed})),   # free-text values may quote a URI with credentials
-        tags={"domain": domain, "dataset": manifest["dataset"], "full": str(manifest["full"])},
+        tags={"domain": domain, "dataset": manifest["dataset"], "full": str(manifest["full"]),
+              "method": str(info.get("chosen")), "prior": str((info.get("prior") or {}).get("source")),
+              "warnings": "; ".join(info.get("warnings", [])) or "none"},
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
-                   "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json"},
-        config=params.registry, root=root)
+                   "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
+                   "adapt_info.json": paths.models / "adapt_info.json"},
+        config=params.registry, root=root, gate_metric=metric, evidence=evidence)
     payload = result.to_dict()
     _write_json(paths.report("registry"), payload)
     log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)
     return payload
+
+
+def gate_evidence(params: Params, domain: str, root: Path, paths: StagePaths, metrics: dict):
+    """The champion re-scored on this run's evaluation rows and paired with the candidate's predictions."""
+    import tempfile
+
+    from components.predictor import Predictor
+    from components.registry import GateEvidence, alias_versions, download_model_dir, registered_name
+    from components.scoring import paired_bootstrap
+
+    experiment = os.environ.get("DVC_EXP_NAME") or ("dvc-exp" if os.environ.get("DVC_EXP_BASELINE_REV") else None)
+    evidence = GateEvidence(beats_majority=bool(metrics.get("beats_majority", 1.0)),
+                            experiment=None if params.registry.experiments_promote else experiment)
+    champion = alias_versions(domain, params.registry, root).get("champion")
+    if champion is None or evidence.experiment:
+        return evidence
+    rows = pd.read_parquet(paths.prepared / "eval_predictions.parquet")
+    with tempfile.TemporaryDirectory(prefix="metaadapt-champion-") as scratch:
+        try:
+            predictor = Predictor.from_directory(download_model_dir(registered_name(domain), champion["version"],
+                                                                    Path(scratch)))
+        except Exception as error:  # noqa: BLE001 - an unreadable champion is compared unpaired, and says so
+            log.warning("register %s: champion v%s could not be loaded for a paired comparison (%s)", domain,
+                        champion["version"], error)
+            return evidence
+        champion_labels = predictor.labels
+        predicted = model_predictions(predictor, rows["text"].tolist(), params, root)
+    candidate_labels = _read_json(paths.report("confusion"))["labels"]
+    evidence.stale_reason = champion_staleness(champion, champion_labels, candidate_labels,
+                                               params.registry.max_champion_age_days)
+    evidence.comparison = paired_bootstrap(rows["label"].tolist(), rows["predicted"].tolist(), predicted,
+                                           params.domain(domain).metric, params.registry.bootstrap_samples,
+                                           params.registry.gate_confidence, params.seed)
+    return evidence
+
+
+def champion_staleness(champion: dict, champion_labels: list[str], candidate_labels: list[str],
+                       max_age_days: float | None) -> str | None:
+    """Why the champion no longer counts: it cannot predict the domain's labels, or it is older than the rule."""
+    if sorted(champion_labels) != sorted(candidate_labels):
+        added, removed = set(candidate_labels) - set(champion_labels), set(champion_labels) - set(candidate_labels)
+        return f"label set changed (added {sorted(added)}, removed {sorted(removed)})"
+    if max_age_days and champion.get("registered_at"):
+        from datetime import datetime, timezone
+
+        registered = datetime.strptime(champion["registered_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        age = (datetime.now(timezone.utc) - registered).total_seconds() / 86400
+        if age > max_age_days:
+            return f"{age:.1f} days old > registry.max_champion_age_days {max_age_days:g}"
+    return None
 
 
 def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
@@ -384,8 +555,13 @@ def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
         metrics = read_json_if_present(paths.report("metrics"))
         registry = read_json_if_present(paths.report("registry"))
         drift_info = read_json_if_present(paths.report("drift"))
-        rows.append({"domain": domain, "status": "ok" if metrics else "failed", **metrics,
+        details = read_json_if_present(paths.report("confusion"))
+        status = "ok" if metrics else ("not run" if domain not in run_status and not registry else "failed")
+        rows.append({"domain": domain, "status": status, **metrics, "metric": params.domain(domain).metric,
                      "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
+                     "champion_version": registry.get("champion_version"), "gate_reason": registry.get("reason"),
+                     "method": details.get("method"), "prior": (details.get("prior") or {}).get("source"),
+                     "warnings": details.get("warnings", []), "not_evaluated": details.get("not_evaluated", []),
                      "drift_detected": drift_info.get("dataset_drift")})
     caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
     timings = read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
@@ -427,17 +603,50 @@ def render_timings(timings: dict[str, dict[str, float]]) -> str:
 
 
 def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
-    header = ("| domain | status | accuracy | macro-F1 | K | labels | eval rows | adapt s (total) | champion v | drift |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
+    """The results table, each number beside its majority-class and zero-shot baselines on the same rows, then
+    what a reader must act on: domains below the majority class, warnings, labels not evaluated, gate decisions."""
+    header = ("| domain | status | accuracy (majority / zero-shot) | macro-F1 (majority / zero-shot) | balanced acc. "
+              "| beats majority | rows (K) | labels | eval rows | method · prior | adapt s (total) | version → champion "
+              "| drift |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines, notes = [], []
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['domain']} | {r['status']} | | | | | | | | |")
+            lines.append(f"| {r['domain']} | {r['status']} |" + " |" * 11)
             continue
-        lines.append(f"| {r['domain']} | ok | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['k']} | {r['n_labels']} "
-                     f"| {r['eval_rows']} | {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
-                     f"| {r['registered_version']}{' (promoted)' if r['promoted'] else ''} | {r['drift_detected']} |")
-    return f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
+        lines.append(_summary_line(r))
+        notes += _summary_notes(r)
+    text = f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
+    return text + ("\n" + "\n".join(f"- {note}" for note in notes) + "\n" if notes else "")
+
+
+def _summary_line(r: dict) -> str:
+    def triple(metric: str) -> str:
+        return (f"{r[metric]:.3f} ({r.get(f'majority_{metric}', float('nan')):.3f} / "
+                f"{r.get(f'zero_shot_{metric}', float('nan')):.3f})")
+
+    beats = "yes" if r.get("beats_majority", 1.0) else f"**NO** ({r['metric']})"
+    champion = r.get("champion_version") or r["registered_version"]
+    return (f"| {r['domain']} | ok | {triple('accuracy')} | {triple('macro_f1')} | {r.get('balanced_accuracy', float('nan')):.3f} "
+            f"| {beats} | {r.get('train_rows', '')} ({r['k']}) | {r['n_labels']} | {r['eval_rows']} "
+            f"| {r.get('method') or ''} · {r.get('prior') or 'uniform'} "
+            f"| {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
+            f"| v{r['registered_version']} → v{champion}{' (promoted)' if r['promoted'] else ''} "
+            f"| {r['drift_detected']} |")
+
+
+def _summary_notes(r: dict) -> list[str]:
+    """Lines under the table: what needs a person's attention for this domain."""
+    notes = []
+    if not r.get("beats_majority", 1.0):
+        notes.append(f"**{r['domain']}: does not beat always answering the majority class on {r['metric']}** "
+                     f"({r[r['metric']]:.3f} vs {r.get('majority_' + r['metric'], float('nan')):.3f}); it is never "
+                     f"promoted over a champion that does")
+    notes += [f"{r['domain']}: {warning}" for warning in r.get("warnings", [])]
+    if r.get("not_evaluated"):
+        notes.append(f"{r['domain']}: not evaluated (no row in the evaluation split): {', '.join(r['not_evaluated'])}")
+    if r.get("gate_reason"):
+        notes.append(f"{r['domain']} gate: {r['gate_reason']}")
+    return notes
 
 
 DOMAIN_STAGES = {"ingest": ingest, "validate": validate, "episodes": episodes, "meta_train": meta_train,

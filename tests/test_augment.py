@@ -11,7 +11,8 @@ from components.augment import (TEXT_OPS, SupportAugmentation, augment_support, 
                                 noise_copies, plan_from_config, random_deletion, random_swap, span_shuffle,
                                 text_copies, token_dropout)
 from components.config import AdaptConfig, AugmentationConfig, ConfigError, EncoderConfig, parse_params
-from components.meta import ProjectionHead, _fold_train, adapt, choose_steps, make_extras
+from components.classifier import fit_classifier
+from components.meta import ProjectionHead, fold_train, make_extras
 from components.paraphrase import Paraphraser, ParaphraseCache, clean_output, similarity_filter
 
 SENTENCE = "the quick brown fox jumps over the lazy dog near the river bank"
@@ -185,25 +186,29 @@ def noisy_support(per_label: int = 6, seed: int = 0):
 def test_fold_training_rows_exclude_every_augmented_row_with_a_held_out_origin():
     x, y = noisy_support(per_label=2)
     extras = make_extras(np.ones((3, 6)), ["1", "1", "0"], [(0, 0), (2, 3), (1, 1)], ["0", "1", "2"], "cpu")
-    x_train, y_train = _fold_train(x, y, held=np.array([0, 2]), extras=extras)
+    x_train, y_train = fold_train(x, y, held=np.array([0, 2]), extras=extras)
     assert len(x_train) == 4 + 1  # the 4 rows not held out + only the copy of row 1 (the others touch 0 or 2)
     assert y_train.tolist() == [0, 1, 2, 2, 0]
 
 
+def cv_scores(x, y, config, extras=None) -> dict[str, float]:
+    labels = ["0", "1", "2"]
+    fitted = fit_classifier({"h": ProjectionHead(6)}, x, [labels[i] for i in y.tolist()], config, 0, labels, extras)
+    return fitted[2].info["cv_balanced_accuracy"]
+
+
 def test_cv_with_exact_copies_equals_cv_without_them_so_held_out_copies_do_not_leak():
     x, y = noisy_support()
-    config = AdaptConfig(step_candidates=[0, 10, 40], lr=0.05, cv_folds=2)
-    head = ProjectionHead(6)
-    plain = choose_steps(head, x, y, 3, config, seed=0)[1]
+    config = AdaptConfig(method="proto_finetune", step_candidates=[0, 10, 40], lr=0.05, cv_folds=2)
+    plain = cv_scores(x, y, config)
     labels = ["0", "1", "2"]
     copies = make_extras(x.numpy(), [labels[i] for i in y.tolist()], np.repeat(np.arange(len(y))[:, None], 2, 1),
                          labels, "cpu")
     # Exact duplicates of the training fold leave its prototypes and mean loss unchanged: identical scores.
-    assert choose_steps(head, x, y, 3, config, seed=0, extras=copies)[1] == pytest.approx(plain)
+    assert cv_scores(x, y, config, copies) == pytest.approx(plain)
     # The same copies with origins that never count as held out leak the held-out rows: scores go up.
     leaky = make_extras(x.numpy(), [labels[i] for i in y.tolist()], np.full((len(y), 2), -1), labels, "cpu")
-    leaked = choose_steps(head, x, y, 3, config, seed=0, extras=leaky)[1]
-    assert max(leaked.values()) > max(plain.values())
+    assert max(cv_scores(x, y, config, leaky).values()) > max(plain.values())
 
 
 def test_adapt_uses_augmented_rows_in_the_prototypes_and_reports_them():
@@ -212,8 +217,9 @@ def test_adapt_uses_augmented_rows_in_the_prototypes_and_reports_them():
     support_labels = [labels[i] for i in y.tolist()]
     far = torch.nn.functional.normalize(torch.randn(3, 6, generator=torch.Generator().manual_seed(9)), dim=-1)
     extras = make_extras(far.numpy(), labels, [(0, 0), (2, 2), (4, 4)], labels, "cpu")
-    plain = adapt(ProjectionHead(6), x, support_labels, AdaptConfig(method="proto"), 0, labels)
-    augmented = adapt(ProjectionHead(6), x, support_labels, AdaptConfig(method="proto"), 0, labels, extras)
+    proto = AdaptConfig(method="proto")
+    plain = fit_classifier({"h": ProjectionHead(6)}, x, support_labels, proto, 0, labels)[2]
+    augmented = fit_classifier({"h": ProjectionHead(6)}, x, support_labels, proto, 0, labels, extras)[2]
     assert augmented.info["augmented_rows"] == 3 and plain.info["augmented_rows"] == 0
     assert not torch.allclose(plain.weights, augmented.weights)
     with pytest.raises(ValueError, match=r"augmented rows carry label\(s\) \['9'\]"):

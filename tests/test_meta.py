@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from components.classifier import fit_classifier
 from components.config import AdaptConfig, EpisodesConfig, MetaConfig
 from components.episodes import Episode, sample_episodes
-from components.meta import (CosineClassifier, Learner, ProjectionHead, _stratified_folds, adapt, choose_steps,
-                             cosine_logits, evaluate_episodes, inner_adapt, meta_train, protonet_loss, prototypes,
+from components.meta import (CosineClassifier, Learner, ProjectionHead, cosine_logits, evaluate_episodes, inner_adapt,
+                             meta_train, protonet_loss, prototypes,
                              zero_shot)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -202,66 +203,26 @@ def separable_support(per_label: int = 4, dim: int = 5, seed: int = 0):
     return x, labels
 
 
-def test_stratified_folds_partition_the_support():
-    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
-    folds = _stratified_folds(y, 2, seed=0)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(len(y)))
-    for fold in folds:
-        assert sorted(np.bincount(y[fold], minlength=3).tolist()) == [1, 2, 2]
-    assert [f.tolist() for f in _stratified_folds(y, 2, seed=0)] == [f.tolist() for f in folds]
-
-
-def test_choose_steps_scores_on_the_support_only_and_ties_pick_fewest_steps():
-    x, labels = separable_support()
-    y = torch.tensor([("alpha", "beta", "gamma").index(label) for label in labels])
-    config = AdaptConfig(step_candidates=[40, 10, 5], lr=0.01, cv_folds=2)
-    steps, scores = choose_steps(ProjectionHead(5), x, y, 3, config, seed=0)
-    assert set(scores) == {5, 10, 40}
-    # Every score is a count of correct held-out support rows over the support size: nothing else was scored.
-    for value in scores.values():
-        assert value * len(y) == pytest.approx(round(value * len(y)))
-    assert scores == {5: 1.0, 10: 1.0, 40: 1.0}
-    assert steps == 5
-
-
-def test_choose_steps_without_enough_rows_for_the_folds_takes_the_fewest_steps():
-    x, labels = separable_support(per_label=1)
-    y = torch.tensor([0, 1, 2])
-    steps, scores = choose_steps(ProjectionHead(5), x, y, 3, AdaptConfig(step_candidates=[20, 5, 80], cv_folds=2), 0)
-    assert (steps, scores) == (5, {})
-
-
-def test_adapt_proto_gives_prototypes_in_label_order():
+def test_fit_classifier_proto_gives_prototypes_in_label_order():
     x, labels = separable_support()
     head = ProjectionHead(5)
     order = ["gamma", "alpha", "beta"]
-    classifier = adapt(head, x, labels, AdaptConfig(method="proto"), seed=0, label_order=order)
-    assert classifier.labels == order
-    assert classifier.info["steps"] == 0 and classifier.info["support_size"] == 12
+    _, _, classifier = fit_classifier({"meta": head}, x, labels, AdaptConfig(method="proto"), seed=0, label_order=order)
+    assert classifier.labels == order and classifier.info["steps"] == 0 and classifier.info["rows"] == 12
     y = torch.tensor([order.index(label) for label in labels])
     torch.testing.assert_close(classifier.weights, prototypes(F.normalize(x, dim=-1), y, 3))
     assert classifier.predict(head, x) == labels
     assert classifier.temperature == pytest.approx(10.0)
 
 
-def test_adapt_proto_finetune_chooses_steps_and_fits_the_support():
+def test_fit_classifier_ties_pick_the_fewest_steps_and_probabilities_sum_to_one():
     x, labels = separable_support()
-    classifier = adapt(ProjectionHead(5), x, labels, AdaptConfig(step_candidates=[0, 5], cv_folds=2), seed=0)
+    config = AdaptConfig(method="proto_finetune", step_candidates=[5, 0], cv_folds=2)
+    _, head, classifier = fit_classifier({"meta": ProjectionHead(5)}, x, labels, config, seed=0)
     assert classifier.labels == ["alpha", "beta", "gamma"]
-    assert classifier.info["steps"] == 0  # separable: a tie, so the fewest steps
-    assert classifier.info["cv_scores"] == {0: 1.0, 5: 1.0}
-    proba = classifier.predict_proba(ProjectionHead(5), x)
-    torch.testing.assert_close(proba.sum(1), torch.ones(len(x)))
-
-
-def test_adapt_refuses_unknown_and_missing_labels():
-    x, labels = separable_support()
-    with pytest.raises(ValueError, match=r"support labels \['gamma'\] are not among the domain's labels "
-                                         r"\['alpha', 'beta'\]"):
-        adapt(ProjectionHead(5), x, labels, AdaptConfig(), 0, label_order=["alpha", "beta"])
-    with pytest.raises(ValueError, match=r"no support example for label\(s\) \['delta'\]; give at least one per "
-                                         r"label or use k=0"):
-        adapt(ProjectionHead(5), x, labels, AdaptConfig(), 0, label_order=["alpha", "beta", "gamma", "delta"])
+    assert classifier.info["steps"] == 0   # separable: a tie, so the fewest steps
+    assert set(classifier.info["cv_balanced_accuracy"].values()) == {1.0}
+    torch.testing.assert_close(classifier.predict_proba(head, x).sum(1), torch.ones(len(x)))
 
 
 def test_zero_shot_one_weight_row_per_label():
@@ -380,11 +341,8 @@ def test_meta_train_with_zero_epochs_keeps_the_identity_head(task_family):
     assert learner.head.linear.weight.abs().sum() == 0
 
 
-def test_adapt_select_keeps_the_head_the_support_set_prefers() -> None:
-    """A head that scrambles the class signal loses the support-set CV to the untrained head; ties keep the first."""
-    from components.config import AdaptConfig
-    from components.meta import adapt_select
-
+def test_fit_classifier_keeps_the_head_the_training_rows_prefer() -> None:
+    """A head that scrambles the class signal loses the CV to the untrained head; ties keep the first."""
     torch.manual_seed(0)
     centres = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     x = torch.cat([centres[i] + 0.05 * torch.randn(8, 16) for i in range(3)])
@@ -393,9 +351,8 @@ def test_adapt_select_keeps_the_head_the_support_set_prefers() -> None:
     with torch.no_grad():
         scrambler.linear.weight.copy_(-torch.eye(16))  # x + Wx + b = b: every text maps to one point
         scrambler.linear.bias.copy_(torch.randn(16))
-    config = AdaptConfig(step_candidates=[0, 5], cv_folds=2)
-    chosen, _, classifier = adapt_select({"meta": scrambler, "identity": ProjectionHead(16)}, x, labels, config, seed=0)
+    config = AdaptConfig(method="proto_finetune", step_candidates=[0, 5], cv_folds=2)
+    chosen, _, classifier = fit_classifier({"meta": scrambler, "identity": ProjectionHead(16)}, x, labels, config, 0)
     assert chosen == "identity" and classifier.info["head"] == "identity"
-    assert classifier.info["head_cv_scores"]["identity"] > classifier.info["head_cv_scores"]["meta"]
-    chosen, _, _ = adapt_select({"meta": ProjectionHead(16), "identity": ProjectionHead(16)}, x, labels, config, seed=0)
+    chosen, _, _ = fit_classifier({"meta": ProjectionHead(16), "identity": ProjectionHead(16)}, x, labels, config, 0)
     assert chosen == "meta"

@@ -191,10 +191,15 @@ def test_sample_support_k_per_label_deterministic():
     assert not sample_support(adapt, 3, seed=1).equals(support)
 
 
-def test_sample_support_too_few_rows_for_a_label():
+def test_a_label_with_fewer_rows_than_k_is_kept_with_what_it_has_and_warned_about():
+    from components.stages import short_label_warnings, training_rows
+
     adapt = labelled({"a": 5, "b": 2, "c": 1})
-    with pytest.raises(DataError, match=r"too few examples per label for k=3: 'b' has 2, 'c' has 1"):
-        sample_support(adapt, 3, seed=0)
+    assert sample_support(adapt, 3, seed=0)["label"].value_counts().to_dict() == {"a": 3, "b": 2, "c": 1}
+    assert short_label_warnings(adapt, 3) == ["label 'b' has 2 labelled row(s) < k=3: adapted from what it has",
+                                              "label 'c' has 1 labelled row(s) < k=3: adapted from what it has"]
+    assert len(training_rows(adapt, None, seed=0)) == 8                         # every labelled row counts
+    assert training_rows(adapt, 2, seed=0)["label"].value_counts().to_dict() == {"a": 2, "b": 2, "c": 1}
 
 
 # ------------------------------------------------------------------------------ ingest: unchanged inputs kept

@@ -195,3 +195,49 @@ def test_pyfunc_input_shapes():
         texts_from_input(pd.DataFrame({"body": ["a"]}))
     with pytest.raises(RuntimeError, match="load_context"):
         MetaAdaptPyfunc().predict(None, ["a"])
+
+
+def comparison(low: float, high: float, difference: float = 0.02) -> "registry.PairedComparison":
+    return registry.PairedComparison("macro_f1", 0.8 + difference, 0.8, difference, low, high, 0.9, 500, 2000)
+
+
+def register_with(root: Path, model_dir: Path, f1: float, config: RegistryConfig, evidence):
+    registry.use_experiment(config, root)
+    return registry.register_domain_model(
+        domain="toy", model_dir=model_dir, metrics={"macro_f1": f1, "accuracy": f1}, params={}, tags={},
+        artifacts={}, config=config, root=root, evidence=evidence)
+
+
+def test_gate_promotes_only_beyond_noise_on_the_same_rows(tiny_encoder, root):
+    config = RegistryConfig(experiment="paired-gate")
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    assert register_with(root, model_dir, 0.80, config, registry.GateEvidence(beats_majority=True)).promoted
+    lucky = register_with(root, model_dir, 0.83, config,
+                          registry.GateEvidence(comparison(-0.01, 0.05), beats_majority=True))
+    assert not lucky.promoted and "not better than champion v1 beyond noise" in lucky.reason
+    assert lucky.comparison["low"] == -0.01 and registry.champion_info("toy", config, root)["version"] == 1
+    assert "[-0.0100, +0.0500]" in mlflow.MlflowClient().get_run(lucky.run_id).data.tags["promotion_reason"]
+    real = register_with(root, model_dir, 0.81, config,
+                         registry.GateEvidence(comparison(0.004, 0.04), beats_majority=True))
+    assert real.promoted and registry.champion_info("toy", config, root)["version"] == 3   # lower end > margin 0
+
+
+def test_gate_majority_class_rule_stale_champion_and_experiments(tiny_encoder, root):
+    config = RegistryConfig(experiment="rules-gate")
+    model_dir = make_model_dir(tiny_encoder, root / "model")
+    register_with(root, model_dir, 0.70, config, registry.GateEvidence(beats_majority=True))
+    below = register_with(root, model_dir, 0.95, config,
+                          registry.GateEvidence(comparison(0.1, 0.2), beats_majority=False))
+    assert not below.promoted and "does not beat the majority class" in below.reason
+    experiment = register_with(root, model_dir, 0.99, config,
+                               registry.GateEvidence(comparison(0.1, 0.2), beats_majority=True, experiment="exp-1"))
+    assert not experiment.promoted and experiment.experiment
+    version = mlflow.MlflowClient().get_model_version("metaadapt-toy", str(experiment.version))
+    assert version.tags["experiment"] == "exp-1" and not version.aliases
+    stale = register_with(root, model_dir, 0.69, config,
+                          registry.GateEvidence(comparison(-0.05, 0.01), beats_majority=True,
+                                                stale_reason="label set changed (added ['new'], removed [])"))
+    assert stale.promoted and "stale" in stale.reason and registry.champion_info("toy", config, root)["version"] == 4
+    # a later registration does not delete the experiment's version as an unfinished one
+    register_with(root, model_dir, 0.69, config, registry.GateEvidence(beats_majority=True))
+    assert mlflow.MlflowClient().get_model_version("metaadapt-toy", str(experiment.version)).tags["experiment"] == "exp-1"

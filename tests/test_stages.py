@@ -52,3 +52,25 @@ def test_set_full_flips_only_the_limits_flag(tmp_path: Path) -> None:
     set_full(params, True)
     changed = [(a, b) for a, b in zip(original.splitlines(), params.read_text().splitlines()) if a != b]
     assert len(changed) == 1 and changed[0][1].strip().startswith("full: true")
+
+
+def test_summary_puts_baselines_beside_each_number_and_flags_a_domain_below_the_majority_class(tmp_path: Path) -> None:
+    params = load_params()
+    first, *others = list(params.domains)
+    below = {"accuracy": 0.5, "macro_f1": 0.2, "balanced_accuracy": 0.45, "majority_accuracy": 0.6,
+             "majority_macro_f1": 0.25, "majority_balanced_accuracy": 0.33, "zero_shot_accuracy": 0.55,
+             "zero_shot_macro_f1": 0.5, "zero_shot_balanced_accuracy": 0.5, "beats_majority": 0.0, "k": 8,
+             "n_labels": 3, "eval_rows": 10, "train_rows": 300, "adapt_seconds": 0.1, "adapt_total_seconds": 0.2}
+    write(StagePaths(tmp_path, first).report("metrics"), below)
+    write(StagePaths(tmp_path, first).report("confusion"), {"warnings": ["label 'x' has 3 labelled row(s) < k=8"],
+                                                            "not_evaluated": ["x"], "method": "cosine", "prior": {}})
+    rows = {row["domain"]: row for row in summary(params, tmp_path)["domains"]}
+    text = (tmp_path / "reports" / "summary.md").read_text()
+    assert "| 0.500 (0.600 / 0.550) | 0.200 (0.250 / 0.500) |" in text
+    assert "**NO** (macro_f1)" in text and f"**{first}: does not beat always answering the majority class" in text
+    assert f"{first}: label 'x' has 3 labelled row(s) < k=8" in text and "not evaluated" in text
+    assert all(rows[d]["status"] == "not run" for d in others)                  # never run is not "failed"
+    write(StagePaths(tmp_path, first).report("metrics"), {**below, "macro_f1": 0.4, "beats_majority": 1.0})
+    summary(params, tmp_path)
+    text = (tmp_path / "reports" / "summary.md").read_text()
+    assert "**NO**" not in text and "does not beat" not in text

@@ -8,8 +8,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from components.config import load_params
+import serving_project
+from components.config import Params, load_params
 from components.data import DataError
 from components.monitoring import monitor_batch
 from components.report_index import collect_entries, render_index, IndexEntry
@@ -48,7 +50,8 @@ def test_same_distribution_batch_is_not_flagged(project):
     assert not result.drift_detected, result.reasons
     assert result.reasons == [] and result.drifted_signals == []
     summary = json.loads(result.json_path.read_text())
-    assert summary["champion_version"] == 1 and summary["skipped"] == [] and summary["quality"] is None
+    assert summary["champion_version"] == 1 and summary["quality"] is None
+    assert summary["skipped"] == [summary["prior"]["note"]]        # 60 rows: too few for a prior estimate
     assert summary["drift"]["prediction_drift"] is False          # the champion's predictions were compared
     assert result.html_path.parent.parent == project / "reports" / "drift" / DOMAIN
     assert result.html_path.read_text()[:500].lower().count("html")
@@ -88,7 +91,8 @@ def test_without_champion_prediction_checks_are_skipped_with_a_reason(tmp_path, 
     result = monitor_batch(DOMAIN, sentences(40, seed=13)[["text"]], load_params(project / "params.yaml"), project)
     summary = json.loads(result.json_path.read_text())
     assert summary["champion_version"] is None and "no champion" in summary["skipped"][0]
-    assert summary["drift"]["prediction_drift"] is None
+    assert summary["drift"]["prediction_drift"] is None and summary["prior"] is None
+    assert 'id="label-shift"' not in result.html_path.read_text()
 
 
 def test_bad_batches_are_refused_before_any_report(project):
@@ -100,6 +104,106 @@ def test_bad_batches_are_refused_before_any_report(project):
     with pytest.raises(FileNotFoundError, match="metaadapt run --domain customer_intent"):
         monitor_batch("customer_intent", sentences(30, seed=1)[["text"]], params, project)
     assert not (project / "reports" / "drift").exists()
+
+
+# ------------------------------------------------------------------------------------------------ label shift
+
+
+@pytest.fixture(scope="module")
+def calibrated_project(tmp_path_factory, tiny_bert_dir, store) -> Path:
+    """The serving project with its champion calibrated like adaptation's: the tiny prototype model's posteriors
+    sit at 0.50 +- 0.03 (scale 1), too flat for any prior estimate; ``fit_scale`` on the reference fixes that, as
+    the pipeline's cross-validated calibration does. Its prior stays uniform (log_prior None), so EM starts there.
+    Module-scoped: each test reads only its own run directory."""
+    original = serving_project.tiny_model
+
+    def calibrated(tiny_bert: Path, support: pd.DataFrame):
+        from components.classifier import fit_scale
+        from components.predictor import Predictor
+
+        model = original(tiny_bert, support)
+        reference = sentences(120, seed=0)                        # make_project's reference
+        x = torch.as_tensor(Predictor(model, device="cpu").embed(reference["text"].tolist()))
+        y = np.array([model.labels.index(label) for label in reference["label"]])
+        model.classifier.scale = fit_scale(model.classifier.balanced_logits(model.head, x).numpy(), y)
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serving_project, "tiny_model", calibrated)
+        root = make_project(tmp_path_factory.mktemp("calibrated"), tiny_bert_dir, store)
+    reset_mlflow()
+    return root
+
+
+def prior_params(project: Path) -> Params:
+    """The project's params with the prior settings these tests rely on spelled out."""
+    params = load_params(project / "params.yaml")
+    return params.model_copy(update={"adapt": params.adapt.model_copy(
+        update={"traffic_min_rows": 100, "prior_pseudo_rows": 50.0})})
+
+
+def label_mix(n_neg: int, n_pos: int, seed: int) -> pd.DataFrame:
+    """Unlabelled texts drawn with exactly this label mix (the labels are dropped: traffic has none)."""
+    pool = sentences(4 * (n_neg + n_pos) + 40, seed=seed)
+    picked = pd.concat([pool[pool["label"] == "neg"].head(n_neg), pool[pool["label"] == "pos"].head(n_pos)])
+    assert len(picked) == n_neg + n_pos
+    return picked.sample(frac=1.0, random_state=seed)[["text"]].reset_index(drop=True)
+
+
+def test_batch_of_another_label_mix_fires_label_shift(calibrated_project):
+    result = monitor_batch(DOMAIN, label_mix(0, 200, seed=31), prior_params(calibrated_project), calibrated_project)
+
+    assert result.drift_detected and "label_shift" in result.drifted_signals
+    prior = json.loads(result.json_path.read_text())["prior"]
+    assert prior["model_prior"] == {"neg": 0.5, "pos": 0.5} and prior["rows"] == 200 and prior["fired"] is True
+    assert prior["estimated_prior"]["pos"] > 0.65 and prior["shift"] > prior["threshold"] == 0.15
+    reason = next(r for r in result.reasons if r.startswith("estimated class prior moved"))
+    assert f"moved {prior['shift']:.2f} (total variation)" in reason and "pos 0.50 -> " in reason
+    assert "adapt.prior: traffic" in reason
+
+    page = result.html_path.read_text()
+    section = page[page.index('id="label-shift"'):]
+    assert section.index("</section>") < section.lower().index("</body>")        # inside the page's body
+    assert "estimated traffic prior" in section and "DRIFT" in section and "<td>pos</td>" in section
+    run = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.stage = 'monitor'",
+                             order_by=["start_time DESC"]).iloc[0]
+    assert run["tags.label_shift"] == "true" and run["metrics.prior_shift"] == pytest.approx(prior["shift"])
+
+
+def test_batch_of_the_same_label_mix_does_not_fire(calibrated_project):
+    result = monitor_batch(DOMAIN, label_mix(100, 100, seed=32), prior_params(calibrated_project), calibrated_project)
+
+    prior = json.loads(result.json_path.read_text())["prior"]
+    assert prior["fired"] is False and prior["shift"] < prior["threshold"] and prior["rows"] == 200
+    assert "label_shift" not in result.drifted_signals
+    assert not any("class prior" in r for r in result.reasons)
+    assert "no label shift" in result.html_path.read_text()
+
+
+def test_tiny_batch_is_not_estimated_and_says_why(calibrated_project):
+    # all one label, but 60 rows < adapt.traffic_min_rows 100: no estimate, no label-shift drift
+    result = monitor_batch(DOMAIN, label_mix(0, 60, seed=33), prior_params(calibrated_project), calibrated_project)
+
+    summary = json.loads(result.json_path.read_text())
+    prior = summary["prior"]
+    assert prior["estimated_prior"] is None and prior["shift"] is None and prior["fired"] is False
+    assert "60 rows < adapt.traffic_min_rows 100" in prior["note"] and prior["note"] in summary["skipped"]
+    assert "label_shift" not in result.drifted_signals
+    assert "not estimated (batch too small)" in result.html_path.read_text()
+
+
+def test_prior_section_escapes_labels_and_stays_offline(tmp_path):
+    from components.monitoring import append_prior_section
+
+    label = "<script>alert(1)</script>"
+    prior = {"model_prior": {label: 0.2, "b": 0.8}, "estimated_prior": {label: 0.7, "b": 0.3}, "shift": 0.5,
+             "threshold": 0.15, "rows": 300, "fired": True, "note": "EM on 300 rows"}
+    page = tmp_path / "report.html"
+    page.write_text("<html><body><div id='root'></div></body></html>")
+    append_prior_section(page, prior)
+    text = page.read_text()
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt; 0.20 -&gt; 0.70" in text
+    assert text.endswith("</section>\n</body></html>") and "http" not in text
 
 
 def test_index_lists_pipeline_and_monitor_reports_newest_first(tmp_path):

@@ -5,6 +5,8 @@ is the hash of its *normalised rows* (text stripped, label as text, rows sorted,
 data handed over twice — same file, a copy with another name, or the rows in another order — lands on the same
 name and does no duplicate work. ``ledger.json`` beside the batches records, per batch, where it came from, its
 hash, its row count, when it arrived and its status (``accepted`` → ``adapted`` once an adaptation used it).
+A batch a user takes back (`withdraw_batch`, ``metaadapt withdraw``) loses its file but keeps its ledger line,
+stamped ``withdrawn_at`` with the reason: the history says what was used and when it was taken out.
 
 ``data/batches`` is a dependency of the DVC ingest stage, and the ingest stage merges every stored batch of a
 domain into that domain's adaptation pool (``components.prepare.merge_batches``), so a new batch reruns only that
@@ -25,6 +27,7 @@ from components.locks import file_lock
 
 BATCHES_DIR = Path("data") / "batches"
 LEDGER_NAME = "ledger.json"
+MIN_PREFIX = 4                       # shortest hash prefix `find_batch` accepts (a withdrawal must not be a guess)
 HASH_CHARS = 16                      # 64 bits of SHA-256: collisions are out of reach for a few thousand batches
 ACCEPTED, ADAPTED = "accepted", "adapted"
 
@@ -40,10 +43,16 @@ class BatchRecord:
     status: str = ACCEPTED
     adapted_at: str | None = None
     flow_run: str | None = None     # the adaptation run that used it
+    withdrawn_at: str | None = None  # set by withdraw_batch: the file is gone, ingest no longer merges it
+    withdrawn_reason: str | None = None
 
     @property
     def file_name(self) -> str:
         return f"{self.sha256[:HASH_CHARS]}.parquet"
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.withdrawn_at is not None
 
 
 @dataclass
@@ -90,6 +99,11 @@ def read_ledger(root: Path, domain: str) -> list[BatchRecord]:
     return [BatchRecord(**entry) for entry in json.loads(path.read_text(encoding="utf-8"))]
 
 
+def active_records(root: Path, domain: str) -> list[BatchRecord]:
+    """The ledger's batches that were not withdrawn: what ingest merges and what adaptation may mark."""
+    return [r for r in read_ledger(root, domain) if not r.withdrawn]
+
+
 def _write_ledger(root: Path, domain: str, records: list[BatchRecord]) -> None:
     """Atomic replace: a crash mid-write must not leave a half ledger (which would re-run every batch)."""
     path = batch_dir(root, domain) / LEDGER_NAME
@@ -118,7 +132,7 @@ def _store_locked(rows: pd.DataFrame, domain: str, source: str, root: Path) -> S
     sha = content_hash(rows)
     records = read_ledger(root, domain)
     for record in records:
-        if record.sha256 == sha:
+        if record.sha256 == sha and not record.withdrawn:  # withdrawn and handed over again: a new ledger line
             return StoreResult(record, batch_dir(root, domain) / record.file_name, is_new=False)
     record = BatchRecord(sha256=sha, source=Path(source).name, rows=len(rows), received_at=_now())
     path = batch_dir(root, domain) / record.file_name
@@ -141,7 +155,7 @@ def load_batches_with_hashes(root: Path, domain: str) -> tuple[pd.DataFrame, lis
     if not (batch_dir(root, domain) / LEDGER_NAME).is_file():
         return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)}), []
     with ledger_lock(root, domain):
-        records = [r for r in read_ledger(root, domain) if (batch_dir(root, domain) / r.file_name).is_file()]
+        records = [r for r in active_records(root, domain) if (batch_dir(root, domain) / r.file_name).is_file()]
         frames = [pd.read_parquet(batch_dir(root, domain) / r.file_name) for r in records]
     if not frames:
         return pd.DataFrame({"text": pd.Series(dtype=str), "label": pd.Series(dtype=str)}), []
@@ -151,7 +165,7 @@ def load_batches_with_hashes(root: Path, domain: str) -> tuple[pd.DataFrame, lis
 
 def pending_batches(root: Path, domain: str) -> list[BatchRecord]:
     """Batches accepted but not yet used by a successful adaptation (what a drift alert can act on)."""
-    return [r for r in read_ledger(root, domain) if r.status == ACCEPTED]
+    return [r for r in active_records(root, domain) if r.status == ACCEPTED]
 
 
 def mark_adapted(root: Path, domain: str, hashes: list[str], flow_run: str | None) -> list[BatchRecord]:
@@ -160,7 +174,7 @@ def mark_adapted(root: Path, domain: str, hashes: list[str], flow_run: str | Non
         records = read_ledger(root, domain)
         changed = []
         for record in records:
-            if record.sha256 in hashes and record.status == ACCEPTED:
+            if record.sha256 in hashes and record.status == ACCEPTED and not record.withdrawn:
                 record.status, record.adapted_at, record.flow_run = ADAPTED, _now(), flow_run
                 changed.append(record)
         if changed:
@@ -178,6 +192,53 @@ def merged_hashes(root: Path, domain: str) -> list[str]:
         return []
     manifest = json.loads(path.read_text(encoding="utf-8"))
     return list((manifest.get("batches") or {}).get("sha256", []))
+
+
+def find_batch(records: list[BatchRecord], ref: str) -> BatchRecord:
+    """The one not-withdrawn batch whose hash starts with `ref` (a full hash or a unique prefix of at least
+    MIN_PREFIX characters); LookupError naming the candidates when none or several match."""
+    prefix = ref.strip().lower()
+    if len(prefix) < MIN_PREFIX:
+        raise LookupError(f"batch id {ref!r} is too short: give at least {MIN_PREFIX} characters of its hash")
+    matches = [r for r in records if r.sha256.startswith(prefix)]
+    active = [r for r in matches if not r.withdrawn]
+    if len(active) == 1:
+        return active[0]
+    if len(active) > 1:
+        candidates = ", ".join(f"{r.sha256[:HASH_CHARS]} ({r.source})" for r in active)
+        raise LookupError(f"batch id {ref!r} is ambiguous: it matches {candidates}; give more characters")
+    if matches:
+        last = matches[-1]
+        raise LookupError(f"batch {last.sha256[:HASH_CHARS]} was already withdrawn "
+                          f"({last.withdrawn_at}: {last.withdrawn_reason})")
+    raise LookupError(f"no batch {ref!r}; `metaadapt batches --domain <domain>` lists them")
+
+
+def withdraw_batch(root: Path, domain: str, ref: str, reason: str) -> BatchRecord:
+    """Take one accepted batch back: its file leaves data/batches/<domain>/ and its ledger line is stamped
+    withdrawn (kept, not erased), under the ledger lock so no ingest reads half of it.
+
+    The file goes first: a crash in between leaves a ledger line without a file, which ingest already skips (and
+    the fingerprint sees); running the withdrawal again finishes the ledger."""
+    with ledger_lock(root, domain):
+        records = read_ledger(root, domain)
+        record = find_batch(records, ref)
+        (batch_dir(root, domain) / record.file_name).unlink(missing_ok=True)
+        record.withdrawn_at, record.withdrawn_reason = _now(), reason
+        _write_ledger(root, domain, records)
+    return record
+
+
+def label_counts(root: Path, domain: str, record: BatchRecord) -> dict[str, int] | None:
+    """Rows per label of a stored batch (reads only its label column); None once its file is gone."""
+    path = batch_dir(root, domain) / record.file_name
+    if record.withdrawn or not path.is_file():
+        return None
+    try:
+        labels = pd.read_parquet(path, columns=["label"])["label"]
+    except FileNotFoundError:  # withdrawn by another process meanwhile
+        return None
+    return {str(label): int(n) for label, n in labels.value_counts().sort_index().items()}
 
 
 def _now() -> str:

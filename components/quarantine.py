@@ -49,7 +49,7 @@ def accept_batch(file: Path, domain: str, params: Params, root: Path) -> pd.Data
 
     On success return the clean frame (columns text, label; the file is left where it is).
     On any failure (unreadable, non-UTF-8, empty, wrong columns, unknown label not declared in
-    domains.<d>.new_labels, fewer than K per label, too long, duplicates, rows that equal texts of the
+    domains.<d>.new_labels, too long, duplicates, rows that equal texts of the
     domain's evaluation split data/prepared/<domain>/eval.parquet when it exists) move the file,
     byte-identical, to <root>/data/quarantine/<domain>/<UTC timestamp>/ with validation.json beside it,
     and raise BatchRejected.
@@ -217,7 +217,7 @@ def _clip(value: Any) -> str:
 
 
 def _hints(domain: str, params: Params, outcome: ValidationOutcome, frame: pd.DataFrame | None) -> list[str]:
-    k, checks = params.domain(domain).k, params.validation
+    checks = params.validation
     hints = {
         "utf8": "re-save the file as UTF-8 (spreadsheets: 'CSV UTF-8')",
         "read": "fix the file as the message says: a header row text,label, one row per example, "
@@ -236,7 +236,7 @@ def _hints(domain: str, params: Params, outcome: ValidationOutcome, frame: pd.Da
         "expect_column_proportion_of_unique_values_to_be_between":
             f"remove duplicated rows (at most validation.max_duplicate_fraction = {checks.max_duplicate_fraction} "
             f"of the rows may repeat a text)",
-        "rows_per_label [pandas check]": f"every label in a batch needs at least K = {k} examples (domains.{domain}.k)",
+        "rows_per_label [pandas check]": "every label a batch carries needs at least one row",
     }
     found = [hints[c] for c in dict.fromkeys(outcome.failed_checks) if c in hints]
     separator = _wrong_separator(frame)

@@ -48,7 +48,7 @@ class SuiteSpec:
     min_text_chars: int = 1
     max_duplicate_fraction: float = 0.5
     exact_columns: bool = False           # a user batch may not carry extra columns
-    require_every_label: bool = False     # the adaptation pool must cover every label
+    require_every_label: bool = False     # the adaptation pool must cover every label (>= 1 row each)
     banned_text_keys: frozenset[str] = frozenset()  # text_hash of evaluation texts (leakage)
 
     @property
@@ -88,23 +88,32 @@ def meta_source_spec(params: Any, domain: str, source: str, eval_texts: Iterable
 
 
 def adapt_spec(params: Any, domain: str, labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
-    """The adaptation pool: every label present with at least K rows (K-shot support sets), no evaluation text."""
-    k = params.domain(domain).k
-    return _spec(params, domain, "adapt", labels, max(k, params.data.min_rows_per_label),
-                 require_every_label=True, banned_text_keys=text_keys(eval_texts))
+    """The adaptation pool: every label present, no evaluation text.
+
+    One row is enough: a label with fewer than K rows is adapted on what it has (adaptation warns), because every
+    labelled row a user gives counts; only a label with no row at all fails. `data.min_rows_per_label` is for
+    meta-training sources, whose episodes need several rows per label."""
+    return _spec(params, domain, "adapt", labels, 1, require_every_label=True, banned_text_keys=text_keys(eval_texts))
 
 
 def eval_spec(params: Any, domain: str, labels: Sequence[str]) -> SuiteSpec:
-    """The evaluation split: exactly the labels the domain is adapted to (the adaptation pool's), each present."""
-    return _spec(params, domain, "eval", labels, 1, require_every_label=True)
+    """The evaluation split: only labels the domain knows (the adaptation pool's and `domains.<d>.new_labels`).
+
+    A known label absent here is simply not evaluated: a new label's few labelled rows all go to the pool, and
+    failing the whole domain for it would leave the user with no model at all. An unknown label still fails."""
+    return _spec(params, domain, "eval", with_new_labels(params, domain, labels), 1)
 
 
 def batch_spec(params: Any, domain: str, known_labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
-    """A user's incoming batch: exactly text,label; known or declared-new labels; K rows per label it has."""
-    config = params.domain(domain)
-    labels = sorted(set(known_labels) | set(config.new_labels))
-    return _spec(params, domain, "batch", labels, max(config.k, 1), exact_columns=True,
+    """A user's incoming batch: exactly text,label; known or declared-new labels; at least one row per label it
+    has (fewer than K is accepted: the rows are merged into the pool, and a few labelled rows still count)."""
+    return _spec(params, domain, "batch", with_new_labels(params, domain, known_labels), 1, exact_columns=True,
                  banned_text_keys=text_keys(eval_texts))
+
+
+def with_new_labels(params: Any, domain: str, labels: Sequence[str]) -> list[str]:
+    """The labels a domain knows: `labels` plus the ones declared new in `domains.<d>.new_labels`, sorted."""
+    return sorted(set(labels) | set(params.domain(domain).new_labels))
 
 
 def validate_domain(params: Any, domain: str, adapt: pd.DataFrame, evaluation: pd.DataFrame,
@@ -534,6 +543,5 @@ def _check_rows_per_label(
     if low.empty:
         return []
     found = ", ".join(f"{_example(lbl)}={int(n)}" for lbl, n in low.items())
-    return [
-        f"label [pandas check]: {len(low)} label(s) with fewer than {min_rows_per_label} rows: {found}"
-    ]
+    rows = "row" if min_rows_per_label == 1 else "rows"
+    return [f"label [pandas check]: {len(low)} label(s) with fewer than {min_rows_per_label} {rows}: {found}"]

@@ -1,17 +1,22 @@
-"""`metaadapt` commands that run the pipeline unattended: schedules, triggers, new data."""
+"""`metaadapt` commands that run the pipeline unattended: schedules, triggers, new data (and taking it back)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from components.config import PROJECT_ROOT
+from flows.cli_serving import ROOT_OPTION, _domain_params
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `metaadapt` app."""
     app.command()(serve)
     app.command()(ingest)
+    app.command()(batches)
+    app.command()(withdraw)
     app.command()(adapt)
     app.command()(fanout)
 
@@ -45,6 +50,78 @@ def ingest(file: Path = typer.Argument(..., exists=True, dir_okay=False,
     typer.echo(f"{file.name}: {batch['rows']} rows stored as {batch['path']}; event sent")
     if now:
         adapt(domain, reason=f"metaadapt ingest --now {file.name}")
+
+
+def batches(domain: str = typer.Option(..., "--domain", "-d", help="Domain from params.yaml."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON (full hashes, reasons) instead of a table."),
+            root: Path = ROOT_OPTION) -> None:
+    """The domain's labelled batches from its ledger, oldest first: hash, source file, rows, rows per label,
+    when accepted, whether an adaptation used it, whether it was withdrawn."""
+    _domain_params(root, domain)
+    rows = batch_rows(root, domain)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo(f"{domain}: no labelled batches yet (`metaadapt ingest --domain {domain} FILE`)")
+        return
+    typer.echo(_table(["batch", "source", "rows", "labels", "accepted", "adapted", "withdrawn"],
+                      [_table_cells(row) for row in rows]))
+
+
+def batch_rows(root: Path, domain: str) -> list[dict[str, Any]]:
+    """Each ledger record as a dict, plus its rows per label (None once withdrawn) and a `withdrawn` flag."""
+    from dataclasses import asdict
+
+    from components.batches import label_counts, read_ledger
+
+    return [{**asdict(record), "withdrawn": record.withdrawn, "labels": label_counts(root, domain, record)}
+            for record in read_ledger(root, domain)]
+
+
+def _table_cells(row: dict[str, Any]) -> list[str]:
+    from components.batches import ADAPTED, HASH_CHARS
+
+    labels = " ".join(f"{label}={n}" for label, n in (row["labels"] or {}).items()) or "-"
+    withdrawn = f"{row['withdrawn_at']} ({row['withdrawn_reason']})" if row["withdrawn"] else "no"
+    return [row["sha256"][:HASH_CHARS], row["source"], str(row["rows"]), labels, row["received_at"],
+            row["adapted_at"] if row["status"] == ADAPTED else "no", withdrawn]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain left-aligned text table (greppable, no box drawing): columns as wide as their widest cell."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    lines = [header, *rows]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def withdraw(batch: str = typer.Argument(..., help="The batch's hash or a unique prefix (`metaadapt batches`)."),
+             domain: str = typer.Option(..., "--domain", "-d", help="Domain from params.yaml."),
+             reason: str = typer.Option("withdrawn by the user", help="Why (recorded in the ledger)."),
+             root: Path = ROOT_OPTION) -> None:
+    """Take back one accepted batch: its file leaves data/batches/<domain>/, the ledger keeps its line marked
+    withdrawn, data/batches is re-versioned with DVC, and the next ingest no longer merges its rows. The current
+    model is not changed: re-adapt with `metaadapt adapt <domain>`."""
+    from components.batches import ADAPTED, BATCHES_DIR, HASH_CHARS, withdraw_batch
+    from flows.incoming import version_batches
+
+    _domain_params(root, domain)
+    try:
+        record = withdraw_batch(root, domain, batch, reason)
+    except LookupError as error:
+        raise typer.BadParameter(str(error), param_hint="BATCH") from None
+    typer.echo(f"{domain}: withdrew batch {record.sha256[:HASH_CHARS]} ({record.source}, {record.rows} rows, "
+               f"accepted {record.received_at})\n  removed {BATCHES_DIR / domain / record.file_name}; the ledger "
+               f"keeps its line, marked withdrawn at {record.withdrawn_at} ({reason})")
+    try:
+        version_batches.fn(str(root))  # the same `dvc add data/batches` as after an ingest
+    except Exception as error:  # noqa: BLE001 - the withdrawal stands; say how to finish the versioning
+        typer.echo(f"error: withdrawn, but `dvc add {BATCHES_DIR}` failed: {error}; run it by hand", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"  {BATCHES_DIR} re-versioned with DVC ({BATCHES_DIR}.dvc); the next ingest of {domain} "
+               f"leaves its rows out")
+    used = "an adaptation already used it (the current models may hold its rows); " if record.status == ADAPTED else ""
+    typer.echo(f"{used}to re-adapt without it: metaadapt adapt {domain}")
 
 
 def adapt(domain: str = typer.Argument(..., help="Domain from params.yaml."),

@@ -45,8 +45,6 @@ CASES = [
     ("empty text", "empty_text.csv", [r"text: 1 null or blank values", r"row 4: text=None, label='pos'"]),
     ("unknown label", "unknown_label.csv",
      [r"label: 2 values not in allowed set \['neg', 'pos'\] \(e\.g\. 'neutral'\)", r"domains\.shop\.new_labels"]),
-    ("fewer than K for one label", "too_few_per_label.csv",
-     [r"label \[pandas check\]: 1 label\(s\) with fewer than 2 rows: 'pos'=1", r"at least K = 2 examples"]),
     ("a 1 MB text", _huge_text,
      [r"text: 1 values with length outside \[1, 2000\] chars \(e\.g\. 'xxx.*\[1000000 chars\]\)",
       r"data\.max_text_chars = 2000"]),
@@ -115,4 +113,14 @@ def test_quoted_newlines_and_quotes_are_accepted(project):
     assert frame["text"].tolist()[0] == 'the fabric feels lovely,\nsoft and "warm"'
     assert frame["text"].tolist()[2] == "the zip broke on day one;\nI sent it back"
     assert list(frame.columns) == ["text", "label"] and len(frame) == 4
+    assert batch.is_file() and not (root / "data" / "quarantine").exists()
+
+
+def test_fewer_than_k_rows_for_a_label_is_accepted(project):
+    """Every labelled row counts: one `pos` row with K = 2 is merged as it is (adaptation uses what it has)."""
+    root, params = project
+    batch = root / "few.csv"
+    shutil.copyfile(HERE / "fewer_than_k_ok.csv", batch)
+    frame = accept_batch(batch, DOMAIN, params, root)
+    assert frame["label"].value_counts().to_dict() == {"neg": 3, "pos": 1}
     assert batch.is_file() and not (root / "data" / "quarantine").exists()

@@ -236,12 +236,12 @@ def test_failed_adaptation_keeps_champion_and_batches_and_says_why(project: Path
     params = load_params(project / "params.yaml")
     champion = champion_info(DOMAIN, params.registry, project)
     frame = pd.read_csv(write_batch(project / "batch3.csv", seed=303))
-    stored = store_batch(frame, DOMAIN, "batch3.csv", project)
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["domains"][DOMAIN]["k"] = 500  # more examples per label than the pool has: the chain must fail
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # stored past the batch suite, a text over data.max_text_chars: the validate stage must stop the chain
+    # (fewer than K rows per label no longer does: every labelled row counts)
+    too_long = pd.DataFrame({"text": ["x" * (params.data.max_text_chars + 1)], "label": ["positive"]})
+    stored = store_batch(pd.concat([frame, too_long], ignore_index=True), DOMAIN, "batch3.csv", project)
     with pytest.raises(RuntimeError, match=r"failed at stage (validate|adapt).*champion and data unchanged"):
-        adapt_domain(DOMAIN, str(project), reason="bad k")
+        adapt_domain(DOMAIN, str(project), reason="bad batch")
     assert champion_info(DOMAIN, params.registry, project) == champion
     assert [r.status for r in read_ledger(project, DOMAIN) if r.sha256 == stored.record.sha256] == ["accepted"]
     assert history(project)[-1]["status"] == "failed"

@@ -166,14 +166,16 @@ def test_role_specs_come_from_params(shop):
     _, params = shop
     labels = ["neg", "pos"]
     adapt = adapt_spec(params, DOMAIN, labels, ["x"])
-    assert adapt.name == "metaadapt.shop.adapt" and adapt.min_rows_per_label == 2 and adapt.require_every_label
+    assert adapt.name == "metaadapt.shop.adapt" and adapt.min_rows_per_label == 1 and adapt.require_every_label
     assert adapt.max_duplicate_fraction == params.validation.max_duplicate_fraction == 0.1
     assert adapt.max_text_chars == params.data.max_text_chars and len(adapt.banned_text_keys) == 1
-    assert eval_spec(params, DOMAIN, labels).name == "metaadapt.shop.eval"
+    evaluation = eval_spec(params, DOMAIN, labels)
+    assert evaluation.name == "metaadapt.shop.eval" and not evaluation.require_every_label
     source = meta_source_spec(params, DOMAIN, "cr", [])
     assert source.name == "metaadapt.shop.meta_source.cr" and source.allowed_labels is None
     batch = batch_spec(params, DOMAIN, labels)
     assert batch.exact_columns and not batch.require_every_label and batch.allowed_labels == ("neg", "pos")
+    assert batch.min_rows_per_label == 1
 
 
 def test_leakage_is_a_ge_expectation_on_normalised_texts(shop):
@@ -213,12 +215,68 @@ def test_batch_suite_is_stricter_than_pipeline_suites(shop):
                                 "['id', 'label', 'text']; unexpected ['id']"]
 
 
-def test_batch_needs_k_rows_only_for_the_labels_it_has(shop):
+def test_batch_may_leave_out_labels_the_pool_must_cover(shop):
     _, params = shop
     only_pos = _pairs([r for r in ADAPT if r[1] == "pos"])
     assert validate_frame(only_pos, batch_spec(params, DOMAIN, ["neg", "pos"])).success
     adapt = validate_frame(only_pos, adapt_spec(params, DOMAIN, ["neg", "pos"]))
-    assert "label [pandas check]: 1 label(s) with fewer than 2 rows: 'neg'=0" in adapt.failures
+    assert "label [pandas check]: 1 label(s) with fewer than 1 row: 'neg'=0" in adapt.failures
+    assert "label: expected every allowed label to appear, never seen: ['neg']" in adapt.failures
+
+
+# ------------------------------------------------ every labelled row counts: fewer than K rows is not a failure
+
+
+def test_adapt_pool_accepts_a_label_with_fewer_than_k_rows(tmp_path):
+    params = make_project(tmp_path, k=5)          # ADAPT has 3 rows per label; data.min_rows_per_label is 2
+    one_neg = _pairs([r for r in ADAPT if r[1] == "pos"] + [("the buttons fell off", "neg")])
+    for frame in (_pairs(ADAPT), one_neg):
+        outcome = validate_frame(frame, adapt_spec(params, DOMAIN, ["neg", "pos"]))
+        assert outcome.success, outcome.failures
+        assert outcome.statistics["pandas_checks_evaluated"] == 1
+
+
+def test_meta_sources_still_need_data_min_rows_per_label(shop):
+    _, params = shop
+    source = _pairs([("good a", "good"), ("good b", "good"), ("bad a", "bad")])
+    outcome = validate_frame(source, meta_source_spec(params, DOMAIN, "cr"))
+    assert outcome.failures == ["label [pandas check]: 1 label(s) with fewer than 2 rows: 'bad'=1"]
+
+
+def test_batch_accepts_new_and_known_labels_with_fewer_than_k_rows(tmp_path):
+    params = make_project(tmp_path, k=5, new_labels=("neutral",))
+    frame = _pairs([("it came on a tuesday", "neutral"), ("great value, fits well", "pos"),
+                    ("runs two sizes small", "neg"), ("the hem came loose", "neg")])
+    outcome = validate_frame(frame, batch_spec(params, DOMAIN, ["neg", "pos"]))
+    assert outcome.success, outcome.failures
+
+
+def test_eval_split_without_a_new_label_or_a_pool_label_is_valid(tmp_path):
+    """A label the domain knows but the evaluation split lacks is simply not evaluated."""
+    params = make_project(tmp_path, new_labels=("neutral",))
+    spec = eval_spec(params, DOMAIN, ["neg", "pos", "neutral"])
+    assert spec.allowed_labels == ("neg", "neutral", "pos")
+    only_neg = _pairs([r for r in EVAL if r[1] == "neg"])
+    for frame in (_pairs(EVAL), only_neg):
+        outcome = validate_frame(frame, spec)
+        assert outcome.success, outcome.failures
+    assert validate_frame(_pairs(EVAL), eval_spec(params, DOMAIN, ["neg", "pos"])).success  # neutral: declared only
+
+
+def test_eval_split_with_an_unknown_label_still_fails(tmp_path):
+    params = make_project(tmp_path, new_labels=("neutral",))
+    frame = _pairs(EVAL + [("it is a shirt", "maybe")])
+    outcome = validate_frame(frame, eval_spec(params, DOMAIN, ["neg", "pos"]))
+    assert outcome.failures == ["label: 1 values not in allowed set ['neg', 'neutral', 'pos'] (e.g. 'maybe')"]
+
+
+def test_domain_with_a_one_row_new_label_validates(tmp_path):
+    """A declared new label with one labelled row, merged into the pool and absent from the evaluation split."""
+    params = make_project(tmp_path, k=4, new_labels=("neutral",))
+    adapt = _pairs(ADAPT + [("it came on a tuesday", "neutral")])
+    outcomes = validate_domain(params, DOMAIN, adapt, _pairs(EVAL), pd.DataFrame(columns=["text", "label"]))
+    assert set(outcomes) == {"adapt", "eval"}
+    assert all(o.success for o in outcomes.values()), {k: o.failures for k, o in outcomes.items()}
 
 
 def test_declared_new_labels_join_the_batch_label_set(tmp_path):

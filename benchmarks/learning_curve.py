@@ -6,7 +6,7 @@ seeds of training rows are drawn from the target's adaptation pool and scored on
 rows for every method:
 
   majority       always the pool's most frequent label
-  zero_shot      nearest label description (or name) in the frozen encoder's space
+  zero_shot      what ``k: 0`` ships: label descriptions (or names) as prototypes in the meta-trained head's space
   logreg         scikit-learn LogisticRegression on the frozen embeddings, C chosen by cross-validation on the
                  training rows (3 folds where every label has 3 rows; C=1 below that)
   before         the adaptation shipped before this benchmark: prototypes + CV-chosen fine-tuning steps, meta or
@@ -155,13 +155,17 @@ def logreg_predictions(x_train, y_train, x_eval, seed: int) -> np.ndarray:
 
 
 def zero_shot_predictions(target: dict, params) -> list[str]:
+    """What `k: 0` ships: label descriptions (or names) as prototypes in the meta-trained head's space (identity
+    head for targets without meta-training)."""
+    import torch
+
     from components.learner import label_prompt
+    from components.meta import zero_shot
     from components.stages import embed
 
-    prompts = embed([label_prompt(l, target["descriptions"]) for l in target["labels"]], params, ROOT)
-    prompts = prompts / np.linalg.norm(prompts, axis=1, keepdims=True)
-    rows = target["eval_x"] / np.linalg.norm(target["eval_x"], axis=1, keepdims=True)
-    return [target["labels"][i] for i in (rows @ prompts.T).argmax(1)]
+    head = target["heads"].get("meta", target["heads"]["identity"])
+    prompts = torch.as_tensor(embed([label_prompt(l, target["descriptions"]) for l in target["labels"]], params, ROOT))
+    return zero_shot(head, prompts, target["labels"]).predict(head, torch.as_tensor(target["eval_x"]))
 
 
 def our_predictions(target: dict, rows: np.ndarray, params, seed: int) -> tuple[dict[str, list[str]], dict]:
@@ -210,6 +214,9 @@ def run_target(target: dict, params, args, log: Clock) -> list[dict]:
              "shift_majority": [majority] * len(shifted_truth)}
     results, logreg_all = [], None
     for size in args.sizes:
+        if size != "all" and target["pool"]["label"].value_counts().max() <= int(size):
+            log(f"{target['domain']} size {size}: every label has at most {size} rows, the same as 'all'; skipped")
+            continue
         for seed in range(args.seeds if size != "all" else min(args.seeds, 2)):  # "all" varies only by CV folds
             rows = draw_rows(target["pool"], size, seed)
             predictions, details = our_predictions(target, rows, params, seed)

@@ -78,7 +78,7 @@ class DataConfig(_Strict):
     mirror: str | None = None
     hub_cache_dir: str = "data/cache/hub"
     max_text_chars: int = Field(default=2000, ge=16, le=100_000)
-    min_rows_per_label: int = Field(default=2, ge=1)
+    min_rows_per_label: int = Field(default=2, ge=1, description="rows per label in each meta-training source")
 
 
 class EncoderConfig(_Strict):

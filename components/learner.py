@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 import pandas as pd
 import torch
@@ -127,12 +129,14 @@ def support_record(support: pd.DataFrame, labels: list[str], descriptions: dict[
 
 def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFrame, labels: list[str],
                  descriptions: dict[str, str], out_dir: Path, pool_counts: dict[str, int] | None = None,
-                 traffic_texts: Sequence[str] = ()) -> dict:
-    """Embed the training rows (fresh, not cached: this is the adaptation a user waits for), fit the classifier
-    the data supports (components.classifier), apply the domain's class prior; save the model.
+                 traffic_texts: Sequence[str] = (), cached_embed: Callable[[list[str]], np.ndarray] | None = None) -> dict:
+    """Embed the training rows, fit the classifier the data supports (components.classifier), apply the domain's
+    class prior; save the model.
 
     ``pool_counts`` are the labelled pool's rows per label (the `pool` prior; default: the training rows' counts);
-    ``traffic_texts`` are unlabelled rows for the `traffic` prior (EM), embedded here too.
+    ``traffic_texts`` are unlabelled rows for the `traffic` prior (EM), embedded here too. ``cached_embed`` (the
+    pipeline's embedding cache, valid only while the encoder is the frozen base one: the head scope) spares
+    re-encoding thousands of rows that earlier stages already embedded.
     """
     from components.classifier import apply_prior, estimate_prior, fit_classifier
 
@@ -141,7 +145,9 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     device = encoder.device
     head = head.to(device)
     if len(support):
-        vectors = torch.as_tensor(encoder.encode(support["text"].tolist(), params.encoder.batch_size), device=device)
+        encode = cached_embed if cached_embed is not None and delta is None else \
+            (lambda texts: encoder.encode(texts, params.encoder.batch_size))
+        vectors = torch.as_tensor(np.asarray(encode(support["text"].tolist())), device=device)
         extras = support_extras(params, support, vectors, encoder, labels)
         embedded = time.perf_counter()
         candidates = {"meta": head}

@@ -207,6 +207,14 @@ def verify_registered_version(name: str, version: int) -> None:
         verify(download_model_dir(name, version, Path(scratch)))
 
 
+def champion_model_dir(domain: str, version: int, config: RegistryConfig, root: Path, destination: Path) -> Path:
+    """A domain's registered version's model directory, downloaded from the project's store under `destination`."""
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)     # models:/ URIs resolve through the global registry URI
+    mlflow.set_registry_uri(uri)
+    return download_model_dir(registered_name(domain), version, destination)
+
+
 def download_model_dir(name: str, version: int, destination: Path) -> Path:
     """A registered version's model directory (safetensors + manifest), downloaded under `destination`."""
     import yaml

@@ -273,7 +273,7 @@ def sample_support(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts).reset_index(drop=True)
 
 
-def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.DataFrame) -> dict[str, float]:
+def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.DataFrame, head) -> dict[str, float]:
     """The K-shot demonstration beside the all-rows model: the same adaptation from K rows per label, same rows.
 
     Why in the default run: K is what the project promises (a new domain from a handful of examples); the
@@ -282,14 +282,13 @@ def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.Data
     import torch
 
     from components.classifier import apply_prior, estimate_prior, fit_classifier
-    from components.learner import load_learner
     from components.meta import ProjectionHead
     from components.scoring import scores
 
     paths, config = StagePaths(root, domain), params.domain(domain)
     pool = pd.read_parquet(paths.prepared / "adapt.parquet")
     support = sample_support(pool, config.k, params.seed)
-    head = load_learner(paths.meta_dir, params)[0]
+    started = time.perf_counter()
     heads = {"meta": head, **({"identity": ProjectionHead(head.linear.in_features)} if params.adapt.select_head else {})}
     labels = sorted(pool["label"].unique())
     x = torch.as_tensor(embed(support["text"].tolist(), params, root))
@@ -298,8 +297,10 @@ def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.Data
     apply_prior(classifier, estimate_prior("uniform" if params.domain_prior(domain) == "uniform" else "pool",
                                            [int(counts.get(label, 0)) for label in labels], None, params.adapt),
                 config.metric)
+    fit_seconds = time.perf_counter() - started   # cache lookup of the support embeddings + fitting
     predicted = classifier.predict(chosen, torch.as_tensor(embed(evaluation["text"].tolist(), params, root)))
-    return {f"kshot_{name}": value for name, value in scores(evaluation["label"].tolist(), predicted).items()}
+    return {**{f"kshot_{name}": value for name, value in scores(evaluation["label"].tolist(), predicted).items()},
+            "kshot_rows": len(support), "kshot_fit_seconds": fit_seconds}
 
 
 def training_rows(pool: pd.DataFrame, max_per_label: int | None, seed: int) -> pd.DataFrame:
@@ -353,7 +354,8 @@ def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     labels = sorted(pool["label"].unique())
     info = adapt_domain(params, domain, paths.meta_dir, rows, labels, config.label_descriptions, paths.candidate,
                         pool_counts=pool["label"].value_counts().to_dict(),
-                        traffic_texts=traffic_texts(params, root, domain))
+                        traffic_texts=traffic_texts(params, root, domain),
+                        cached_embed=lambda texts: embed(texts, params, root))
     info["warnings"] = short_label_warnings(pool, config.k) if config.k else []
     rows.to_parquet(paths.prepared / "support.parquet", index=False)
     _write_json(paths.models / "adapt_info.json", info)
@@ -364,24 +366,32 @@ def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return info
 
 
+def model_embeddings(predictor, texts: list[str], params: Params, root: Path) -> np.ndarray:
+    """What a model's head reads: the pipeline's cached embeddings for the head scope (same frozen encoder), else
+    a pass through the model's own fine-tuned encoder."""
+    if predictor.model.scope == "head":
+        return embed(texts, params, root, predictor.encoder)
+    return predictor.embed(texts)
+
+
 def model_predictions(predictor, texts: list[str], params: Params, root: Path) -> list[str]:
-    """A model's labels for texts; the head scope reads the pipeline's embedding cache (same frozen encoder)."""
-    vectors = embed(texts, params, root, predictor.encoder) if predictor.model.scope == "head" \
-        else predictor.embed(texts)
+    """A model's labels for texts."""
+    vectors = model_embeddings(predictor, texts, params, root)
     return [predictor.labels[i] for i in predictor.predict_proba_embeddings(vectors).argmax(1)]
 
 
-def zero_shot_predictions(predictor, texts: list[str], labels: list[str], descriptions: dict[str, str],
+def zero_shot_predictions(head, encoder, texts: list[str], labels: list[str], descriptions: dict[str, str],
                           params: Params, root: Path) -> list[str]:
-    """The zero-shot baseline on the same rows: nearest label description (or name) in the encoder's space."""
-    from components.learner import label_prompt
+    """The zero-shot baseline on the same rows: what `k: 0` would ship (label descriptions, or names, as prototypes
+    in the meta-trained head's space)."""
+    import torch
 
-    prompts = np.asarray(predictor.encoder.encode([label_prompt(l, descriptions) for l in labels],
-                                                  params.encoder.batch_size))
-    rows = embed(texts, params, root, predictor.encoder) if predictor.model.scope == "head" else predictor.embed(texts)
-    rows = rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(1e-12)
-    prompts = prompts / np.linalg.norm(prompts, axis=1, keepdims=True).clip(1e-12)
-    return [labels[i] for i in (rows @ prompts.T).argmax(1)]
+    from components.learner import label_prompt
+    from components.meta import zero_shot
+
+    prompts = torch.as_tensor(encoder.encode([label_prompt(l, descriptions) for l in labels], params.encoder.batch_size))
+    rows = torch.as_tensor(embed(texts, params, root, encoder))
+    return zero_shot(head, prompts, labels).predict(head, rows)
 
 
 def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
@@ -393,6 +403,7 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """
     from sklearn.metrics import confusion_matrix, f1_score
 
+    from components.learner import load_learner
     from components.predictor import Predictor
     from components.scoring import baseline_row, majority_label, not_evaluated, scores
 
@@ -401,6 +412,7 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     evaluation = pd.read_parquet(paths.prepared / "eval.parquet")
     pool_labels = pd.read_parquet(paths.prepared / "adapt.parquet", columns=["label"])["label"].tolist()
     predictor = Predictor.from_directory(paths.candidate)
+    meta_head = load_learner(paths.meta_dir, params)[0]
     texts, truth, labels = evaluation["text"].tolist(), evaluation["label"].tolist(), predictor.labels
     started = time.perf_counter()
     predicted = model_predictions(predictor, texts, params, root)
@@ -408,14 +420,14 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     info = _read_json(paths.models / "adapt_info.json")
     majority = majority_label(pool_labels)
     metrics = {**scores(truth, predicted), **baseline_row("majority", truth, [majority] * len(truth)),
-               **baseline_row("zero_shot", truth, zero_shot_predictions(predictor, texts, labels,
+               **baseline_row("zero_shot", truth, zero_shot_predictions(meta_head, predictor.encoder, texts, labels,
                                                                          config.label_descriptions, params, root)),
                "eval_rows": len(truth), "n_labels": len(labels), "k": config.k, "train_rows": info["support_rows"],
                "adapt_seconds": info["adapt_seconds"], "adapt_total_seconds": info["adapt_total_seconds"],
                "predict_texts_per_second": len(truth) / max(seconds, 1e-9)}
     metrics["beats_majority"] = float(metrics[config.metric] > metrics[f"majority_{config.metric}"])
     if config.k and predictor.model.scope == "head":   # lora/full would need their encoder for every text
-        metrics.update(few_shot_scores(params, domain, root, evaluation))
+        metrics.update(few_shot_scores(params, domain, root, evaluation, meta_head))
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     skipped = not_evaluated(labels, truth)
     _write_json(paths.report("metrics"), metrics)
@@ -461,6 +473,8 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                                        "seed": params.seed})),   # free-text values may quote a URI with credentials
         tags={"domain": domain, "dataset": manifest["dataset"], "full": str(manifest["full"]),
               "method": str(info.get("chosen")), "prior": str((info.get("prior") or {}).get("source")),
+              "class_prior": json.dumps((info.get("prior") or {}).get("prior")),
+              "prior_strength": str((info.get("prior") or {}).get("strength")),
               "warnings": "; ".join(info.get("warnings", [])) or "none"},
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
@@ -477,7 +491,7 @@ def gate_evidence(params: Params, domain: str, root: Path, paths: StagePaths, me
     import tempfile
 
     from components.predictor import Predictor
-    from components.registry import GateEvidence, alias_versions, download_model_dir, registered_name
+    from components.registry import GateEvidence, alias_versions, champion_model_dir
     from components.scoring import paired_bootstrap
 
     experiment = os.environ.get("DVC_EXP_NAME") or ("dvc-exp" if os.environ.get("DVC_EXP_BASELINE_REV") else None)
@@ -489,8 +503,8 @@ def gate_evidence(params: Params, domain: str, root: Path, paths: StagePaths, me
     rows = pd.read_parquet(paths.prepared / "eval_predictions.parquet")
     with tempfile.TemporaryDirectory(prefix="metaadapt-champion-") as scratch:
         try:
-            predictor = Predictor.from_directory(download_model_dir(registered_name(domain), champion["version"],
-                                                                    Path(scratch)))
+            predictor = Predictor.from_directory(champion_model_dir(domain, champion["version"], params.registry,
+                                                                    root, Path(scratch)))
         except Exception as error:  # noqa: BLE001 - an unreadable champion is compared unpaired, and says so
             log.warning("register %s: champion v%s could not be loaded for a paired comparison (%s)", domain,
                         champion["version"], error)
@@ -536,11 +550,25 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                            html_path=paths.report("drift", ".html"), drift_share=params.drift.drift_share,
                            max_embedding_dims=params.drift.max_embedding_dims,
                            embedding_alpha=params.drift.embedding_alpha, column_alpha=params.drift.column_alpha)
-    payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "prior": candidate_label_shift(params, root, paths, current)}
     _write_json(paths.report("drift"), payload)
     log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
              summary.drifted_share, summary.html_path)
     return payload
+
+
+def candidate_label_shift(params: Params, root: Path, paths: StagePaths, current: pd.DataFrame) -> dict | None:
+    """The candidate's class prior beside the one EM estimates on the drift batch, also shown in the HTML report."""
+    from components.monitoring import append_prior_section, label_shift
+    from components.predictor import Predictor
+
+    if not (paths.candidate / "model.json").is_file():
+        return None
+    predictor = Predictor.from_directory(paths.candidate)
+    block = label_shift(predictor.model, model_embeddings(predictor, current["text"].tolist(), params, root), params)
+    append_prior_section(paths.report("drift", ".html"), block)
+    return block
 
 
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:

@@ -239,6 +239,7 @@ def _registration_inputs(root: Path, tiny_bert_dir: Path) -> None:
     for kind, payload in {"metrics": {"macro_f1": 0.5, "accuracy": 0.5}, "confusion": {}, "validation": {}}.items():
         stages._write_json(root / "reports" / kind / "toy.json", payload)
     stages._write_json(root / "data" / "prepared" / "toy" / "manifest.json", {"dataset": "toy_set", "full": False})
+    stages._write_json(root / "models" / "toy" / "adapt_info.json", {"chosen": "cosine", "warnings": []})
 
 
 def test_registration_logs_no_credentials_and_an_altered_registered_model_is_refused(tmp_path, tiny_bert_dir,

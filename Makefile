@@ -19,7 +19,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_SERVER_API_HOST ?= 127.0.0.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run run-full test test-fast bench bench-all bench-quick clean
+.PHONY: install run run-full test test-fast bench bench-curve bench-all bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q --durations=10 -m "not integration"
 
+# Quality against labelled rows per label (1..64, all), every prior, beside logistic regression and the majority
+# class, on the three domains and four shared data sets as unseen targets (≈ 25 min here; needs `make run` first
+# for the meta-trained heads). Writes benchmarks/results/learning_curve/.
+bench-curve: install
+	$(PY) benchmarks/learning_curve.py --out benchmarks/results/learning_curve
+
 # The runs behind README's benchmark table (≈ 30 min here); `benchmarks/fewshot.py --help` for the full matrix.
 bench: install
 	$(PY) -m pip install --quiet -e '.[setfit]'
@@ -53,7 +59,7 @@ bench: install
 	    --out benchmarks/results/slow_product_reviews
 
 # The benchmarks behind docs/: augmentation, drift detection, throughput, orchestration latency, serving load (≈1 h here).
-bench-all: bench
+bench-all: bench bench-curve
 	$(PY) benchmarks/fewshot.py --ks 1 5 8 --seeds 5 --methods metaadapt prototypes \
 	    --augment text,noise,mixup,embedding,text+embedding --out benchmarks/results/augment
 	$(PY) benchmarks/drift.py --trials 20

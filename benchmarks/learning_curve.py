@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning_curve")
     parser.add_argument("--quick", action="store_true", help="2 seeds, sizes 1 8 all, finance_sentiment only")
+    parser.add_argument("--replot", action="store_true", help="rewrite the .md and .png from <out>/learning_curve.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.domains, args.extra, args.sizes, args.seeds = ["finance_sentiment"], [], ["1", "8", "all"], 2
@@ -339,17 +340,22 @@ def plot(table: list[dict], sizes: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     domains = list(dict.fromkeys(r["domain"] for r in table))
-    fig, axes = plt.subplots(1, len(domains), figsize=(3.2 * len(domains), 3.2), squeeze=False)
-    for ax, domain in zip(axes[0], domains):
-        for method in ("majority", "logreg", "before", "uniform", "pool", "traffic"):
+    columns = min(4, len(domains))
+    rows = -(-len(domains) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(domains):]:
+        ax.set_visible(False)
+    for ax, domain in zip(axes.flat, domains):
+        for method in ("majority", "logreg", "before", "uniform", "pool", "pool_bayes"):
             points = [(i, r["accuracy"]) for i, s in enumerate(sizes) if (r := _get(table, domain, s, method))]
             if points:
                 ax.plot(*zip(*points), marker="o", ms=3, label=method, linestyle="--" if method == "majority" else "-")
         ax.set_xticks(range(len(sizes)), sizes, fontsize=7)
         ax.set_title(domain.replace("unseen_", "unseen: "), fontsize=8)
         ax.set_xlabel("labelled rows per label", fontsize=7)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=6)
+    for row in axes:
+        row[0].set_ylabel("accuracy")
+    axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -362,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     log = Clock()
     from components.config import load_params
 
+    if args.replot:
+        payload = json.loads((args.out / "learning_curve.json").read_text(encoding="utf-8"))
+        return write_reports(payload, args.out)
     params = load_params(ROOT / "params.yaml")
     machine = machine_info()
     rows: list[dict] = []
@@ -373,9 +382,13 @@ def main(argv: list[str] | None = None) -> int:
                      "checks": checks(table, args.sizes), "seconds": time.perf_counter() - log.started})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "learning_curve.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return write_reports(payload, args.out)
+
+
+def write_reports(payload: dict, out: Path) -> int:
     text = markdown(payload)
-    (args.out / "learning_curve.md").write_text(text, encoding="utf-8")
-    plot(table, args.sizes, args.out / "learning_curve.png")
+    (out / "learning_curve.md").write_text(text, encoding="utf-8")
+    plot(payload["aggregates"], payload["args"]["sizes"], out / "learning_curve.png")
     print(text)
     return 0
 

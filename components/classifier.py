@@ -309,24 +309,33 @@ def weighted_scores(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray, n
             "balanced_accuracy": float(recall.mean())}
 
 
-def prior_strength(classifier: CosineClassifier, prior: np.ndarray, metric: str) -> tuple[float, dict[str, float]]:
-    """The exponent of the prior that maximises the domain's metric on out-of-fold rows re-weighted to the prior.
+DEFAULT_STRENGTH = {"accuracy": 1.0, "balanced_accuracy": 0.0, "macro_f1": 0.5}
 
-    Why: adding the full log prior is Bayes-optimal for accuracy, but on a skewed domain it gives up the rare
-    labels, and macro-F1 (the default metric) drops. The held-out rows of the cross-validation, weighted by
-    prior / their own label frequency, stand in for traffic with that label mix. Without held-out rows (one row per
-    label) the full prior is used for accuracy and none otherwise. Ties go to the stronger prior.
+
+def prior_strength(classifier: CosineClassifier, prior: np.ndarray, metric: str) -> tuple[float, dict[str, float]]:
+    """The exponent of the prior that serves the domain's metric, from out-of-fold rows re-weighted to the prior.
+
+    Why: the full log prior (strength 1) is Bayes-optimal for accuracy; balanced accuracy is prior-free (strength 0
+    is optimal); macro-F1 lies in between, and on a skewed domain the full prior gives up the rare labels. The
+    held-out rows of the cross-validation, weighted by prior / their own label frequency, stand in for traffic
+    with that label mix. With few held-out rows that estimate is noise, so the metric's default strength (1, 0,
+    0.5) is kept unless another is better by more than one standard error (effective sample size of the weighted
+    rows). Without held-out rows (one row per label) the default is used.
     """
+    default = DEFAULT_STRENGTH[metric]
     if classifier.validation is None:
-        return (1.0 if metric == "accuracy" else 0.0), {}
+        return default, {}
     logits, y = classifier.validation
     n = logits.shape[1]
     held = np.bincount(y, minlength=n) / len(y)
     weights = (prior / np.where(held > 0, held, 1.0))[y]
     log_prior = np.log(np.clip(prior, 1e-12, None))
     found = {a: weighted_scores(y, (logits + a * log_prior).argmax(1), weights, n)[metric] for a in STRENGTHS}
-    best = max(found.values())
-    return max(a for a, value in found.items() if value >= best - 1e-12), {str(a): round(v, 4) for a, v in found.items()}
+    effective_rows = weights.sum() ** 2 / (weights ** 2).sum()
+    best = max(found, key=lambda a: (found[a], -abs(a - default)))
+    error = math.sqrt(max(found[best] * (1 - found[best]), 1e-12) / effective_rows)
+    chosen = best if found[best] > found[default] + error else default
+    return chosen, {str(a): round(v, 4) for a, v in found.items()}
 
 
 def apply_prior(classifier: CosineClassifier, estimate: PriorEstimate, metric: str | None = None) -> CosineClassifier:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MIRROR_ENV = "METAADAPT_DATA_MIRROR"
 TRACKING_ENV = "METAADAPT_TRACKING_URI"   # overrides registry.tracking_uri; the place for a URI with credentials
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_YAML_NODES = 10_000     # nodes of params.yaml with every alias expanded (the real file has under 1,000)
+MAX_SHOWN_VALUE_CHARS = 200  # a value shown in an error message is cut here
 
 
 class ConfigError(ValueError):
@@ -382,14 +384,85 @@ def _domain_reference_problems(name: str, domain: DomainConfig, datasets: dict[s
     return problems
 
 
+def _shown(value: Any) -> str:
+    """A bounded repr for error messages: reprlib caps nesting and items (repr of an expanded YAML alias bomb ran
+    44 s into a MemoryError), then the text is cut at MAX_SHOWN_VALUE_CHARS."""
+    import reprlib
+
+    if isinstance(value, dict):
+        return "{...}"
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxset, short.maxdict = 3, 10, 10, 10, 10
+    short.maxstring = short.maxother = short.maxlong = MAX_SHOWN_VALUE_CHARS
+    text = short.repr(value)
+    return text if len(text) <= MAX_SHOWN_VALUE_CHARS else f"{text[:MAX_SHOWN_VALUE_CHARS - 3]}..."
+
+
 def _format_validation_error(error: ValidationError, path: Path) -> str:
     lines = [f"{path}: {error.error_count()} invalid value(s)"]
-    for item in error.errors():
+    for item in error.errors(include_url=False):
         key = ".".join(str(part) for part in item["loc"]) or "<top level>"
-        given = item.get("input")
-        shown = repr(given) if not isinstance(given, dict) else "{...}"
-        lines.append(f"  {key} = {shown}: {item['msg']}")
+        message = item["msg"]
+        if len(message) > 4 * MAX_SHOWN_VALUE_CHARS:
+            message = f"{message[:4 * MAX_SHOWN_VALUE_CHARS - 3]}..."
+        lines.append(f"  {key} = {_shown(item.get('input'))}: {message}")
     return "\n".join(lines)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES nodes ("billion laughs").
+
+    Aliases share one node (and one Python object), so loading itself is cheap; everything that walks the value
+    afterwards (pydantic, error messages, model_dump, MLflow params) pays the expanded size: nine levels of nine
+    aliases are 9**8 = 43 million strings. The expanded size is counted on the composed node graph, memoised per
+    node, before anything is constructed."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"line {node.start_mark.line + 1}: a recursive YAML alias (a value that contains "
+                              f"itself) is not allowed in params.yaml")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                break
+        active.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"line {node.start_mark.line + 1}: YAML aliases expand this value past "
+                              f"{MAX_YAML_NODES:,} nodes (an alias bomb?); params.yaml needs no such structure: "
+                              f"write the values out")
+        return total
+
+    size(root)
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load with alias expansion bounded (see _BoundedLoader)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_params(raw: dict[str, Any], source: Path = Path("params.yaml")) -> Params:
@@ -406,9 +479,11 @@ def load_params(path: Path | str | None = None) -> Params:
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
     return parse_params(raw, path)

@@ -7,6 +7,8 @@ source file is only ever read, never modified, so a failed load loses nothing.
 from __future__ import annotations
 
 import hashlib
+import re
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +19,30 @@ from components.safety import UnsafeInputError, check_name, safe_child
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
+# C0 controls except tab, newline and carriage return, DEL, and the C1 controls: never part of a real text (a NUL
+# usually means a UTF-16 or binary file); components.validation refuses texts that contain any of them.
+CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+_CONTROL_RE = re.compile(CONTROL_CHARS)
+
+
 class DataError(ValueError):
     """A data file or data set cannot be used as given; the message says what is wrong and where."""
+
+
+def visible_text(text: str) -> str:
+    """The text as a reader sees it: NFKC-normalised, format characters (Unicode category Cf: U+200B zero-width
+    space, U+200C, U+2060 word joiner, U+FEFF, bidi marks, ...) removed, surrounding whitespace stripped.
+
+    Used for the blank, length and duplicate checks only; the stored text stays as given. "" = blank-looking."""
+    if text.isascii():  # no format characters, and NFKC leaves ASCII as it is
+        return text.strip()
+    normal = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in normal if unicodedata.category(ch) != "Cf").strip()
+
+
+def control_chars(text: str) -> list[str]:
+    """The distinct control characters (see CONTROL_CHARS) in a text, as U+XXXX, in order of first appearance."""
+    return list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in _CONTROL_RE.findall(text)))
 
 
 def read_labelled_file(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
@@ -55,18 +79,33 @@ def _read_raw(path: Path, kind: str) -> pd.DataFrame:
         if kind == "jsonl":
             return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
         frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
-                            keep_default_na=False, on_bad_lines="error")
+                            keep_default_na=False, on_bad_lines="error", engine=_csv_engine(path))
         if not isinstance(frame.index, pd.RangeIndex):
             # pandas silently turns a surplus leading field on every row into the index: an unquoted separator.
             raise DataError(f"{path}: malformed {kind} file: rows have more fields than the header "
                             f"(a text containing the separator must be quoted)")
         return frame
+    except DataError:
+        raise
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not valid UTF-8 (byte {error.start}); re-save the file as UTF-8") from None
     except (pd.errors.ParserError, ValueError) as error:
         raise DataError(f"{path}: malformed {kind} file: {str(error).splitlines()[0]}") from None
     except Exception as error:  # pyarrow raises its own types for corrupt parquet
         raise DataError(f"{path}: cannot read as {kind}: {error}") from None
+
+
+def _csv_engine(path: Path) -> str:
+    """pandas' C parser silently cuts a field at a NUL byte ("ab\\x00cd" -> "ab"): files with NUL bytes go through
+    the python parser, which keeps them, so validation can refuse those rows by number. A NUL in the header
+    means UTF-16 (or a binary file), which no row-level message would explain: that is refused here."""
+    with open(path, "rb") as handle:
+        head = handle.readline()
+        has_nul = b"\x00" in head or any(b"\x00" in block for block in iter(lambda: handle.read(1 << 20), b""))
+    if b"\x00" in head:
+        raise DataError(f"{path}: the header line contains NUL bytes: the file looks UTF-16 encoded (or binary); "
+                        f"re-save the file as UTF-8")
+    return "python" if has_nul else "c"
 
 
 def _select_columns(frame: pd.DataFrame, origin: object, text_column: str, label_column: str) -> pd.DataFrame:
@@ -78,7 +117,9 @@ def _select_columns(frame: pd.DataFrame, origin: object, text_column: str, label
     out = out.dropna()
     out["text"] = out["text"].astype(str).str.strip()
     out["label"] = out["label"].astype(str).str.strip()
-    out = out[(out["text"] != "") & (out["label"] != "")].reset_index(drop=True)
+    # a text of only invisible format characters (U+200B, U+FEFF, ...) is as empty as "" (see visible_text)
+    blank = out["text"].map(lambda t: visible_text(t) == "")
+    out = out[~blank & (out["label"] != "")].reset_index(drop=True)
     if out.empty:
         raise DataError(f"{origin}: no rows with both a text and a label")
     _check_labels(out["label"].unique(), origin)

@@ -24,10 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from components.data import text_hash
+from components.data import CONTROL_CHARS, control_chars, text_hash, visible_text
 
 TEXT, LABEL = "text", "label"
 TEXT_KEY = "text_key"  # sha1 of the normalised text, added only for the leakage expectation
+# the text as a reader sees it (components.data.visible_text: NFKC, format characters removed, stripped; None when
+# blank-looking); the blank, length and duplicate expectations run on it, so "\u200b" is blank and not a one-char
+# text. A NUL in it is replaced by U+FFFD: pandas' unique()/nunique() cut object strings at NUL, so "ab\x00c" and
+# "ab\x00d" counted as duplicates (the NUL itself is refused by the control-character expectation on `text`).
+TEXT_VISIBLE = "text_visible"
+DERIVED_COLUMNS = (TEXT_KEY, TEXT_VISIBLE)  # added by validate_frame, reported as `text`
 REQUIRED_COLUMNS = (TEXT, LABEL)
 DOCS_SITE = "metaadapt_docs"  # `local_site` is taken in GE's ephemeral context
 _MAX_EXAMPLES = 3
@@ -49,6 +55,8 @@ class SuiteSpec:
     max_duplicate_fraction: float = 0.5
     exact_columns: bool = False           # a user batch may not carry extra columns
     require_every_label: bool = False     # the adaptation pool must cover every label (>= 1 row each)
+    described_labels: tuple[str, ...] = ()  # keys of domains.<d>.label_descriptions: each must be a known label,
+    new_labels: tuple[str, ...] = ()        # i.e. in allowed_labels or in domains.<d>.new_labels
     banned_text_keys: frozenset[str] = frozenset()  # text_hash of evaluation texts (leakage)
 
     @property
@@ -93,7 +101,9 @@ def adapt_spec(params: Any, domain: str, labels: Sequence[str], eval_texts: Iter
     One row is enough: a label with fewer than K rows is adapted on what it has (adaptation warns), because every
     labelled row a user gives counts; only a label with no row at all fails. `data.min_rows_per_label` is for
     meta-training sources, whose episodes need several rows per label."""
-    return _spec(params, domain, "adapt", labels, 1, require_every_label=True, banned_text_keys=text_keys(eval_texts))
+    return _spec(params, domain, "adapt", labels, 1, require_every_label=True, banned_text_keys=text_keys(eval_texts),
+                 described_labels=tuple(params.domain(domain).label_descriptions),
+                 new_labels=tuple(params.domain(domain).new_labels))
 
 
 def eval_spec(params: Any, domain: str, labels: Sequence[str]) -> SuiteSpec:
@@ -265,7 +275,7 @@ def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None
     separate, clearly labelled "[pandas check]" failure line.
     """
     runner = runner or SuiteRunner()
-    frame = _with_text_keys(df, spec)
+    frame = _with_derived_columns(df, spec)
     suite = build_suite(spec, frame.columns, runner)
     expectations = list(suite.expectations)
     result_json = runner.run(frame, suite)
@@ -277,8 +287,13 @@ def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None
     pandas_failures = _check_rows_per_label(df, labels, spec.min_rows_per_label)
     if pandas_failures:
         checks.append("rows_per_label [pandas check]")
+    description_failures = _check_label_descriptions(spec)
+    if description_failures:
+        checks.append("label_descriptions [params check]")
+    pandas_failures += description_failures
     statistics = dict(result_json.get("statistics", {}))
-    statistics["pandas_checks_evaluated"] = 1 if LABEL in df.columns and spec.min_rows_per_label > 0 else 0
+    statistics["pandas_checks_evaluated"] = ((1 if LABEL in df.columns and spec.min_rows_per_label > 0 else 0)
+                                             + (1 if spec.described_labels else 0))
     statistics["pandas_checks_unsuccessful"] = len(pandas_failures)
     success = bool(result_json.get("success")) and not pandas_failures
     return ValidationOutcome(suite.name, success, failures + pandas_failures, statistics, result_json, checks, rows)
@@ -345,12 +360,17 @@ def _clip(value: Any) -> Any:
 # --------------------------------------------------------------------------- GE suite
 
 
-def _with_text_keys(df: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
-    """Add the hashed text column the leakage expectation runs on (hashes keep the value set small and fast)."""
-    if not spec.banned_text_keys or TEXT not in df.columns:
+def _with_derived_columns(df: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
+    """Add the visible text (blank, length, duplicate checks) and, with banned texts, the hashed text the leakage
+    expectation runs on (hashes keep the value set small and fast). Non-strings stay as they are for the type check."""
+    if TEXT not in df.columns:
         return df
-    keys = df[TEXT].map(lambda t: text_hash(t) if isinstance(t, str) else None)
-    return df.assign(**{TEXT_KEY: keys})
+    visible = df[TEXT].map(lambda t: (visible_text(t).replace("\x00", "\ufffd") or None) if isinstance(t, str) else t)
+    visible = visible.astype(object)
+    derived = {TEXT_VISIBLE: visible}
+    if spec.banned_text_keys:
+        derived[TEXT_KEY] = df[TEXT].map(lambda t: text_hash(t) if isinstance(t, str) else None)
+    return df.assign(**derived)
 
 
 def _build_expectations(spec: SuiteSpec, columns: set[str]) -> list[Any]:
@@ -363,7 +383,7 @@ def _build_expectations(spec: SuiteSpec, columns: set[str]) -> list[Any]:
     import great_expectations.expectations as gxe
 
     leak = bool(spec.banned_text_keys) and TEXT in columns
-    column_set = list(REQUIRED_COLUMNS) + ([TEXT_KEY] if leak else [])
+    column_set = list(REQUIRED_COLUMNS) + ([TEXT_VISIBLE] if TEXT in columns else []) + ([TEXT_KEY] if leak else [])
     exps: list[Any] = [
         gxe.ExpectTableColumnsToMatchSet(column_set=column_set, exact_match=spec.exact_columns),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -387,13 +407,18 @@ def _text_expectations(spec: SuiteSpec) -> list[Any]:
     import great_expectations.expectations as gxe
 
     return [
-        gxe.ExpectColumnValuesToNotBeNull(column=TEXT),
+        # null, empty or blank-looking (only whitespace and invisible format characters such as U+200B)
+        gxe.ExpectColumnValuesToNotBeNull(column=TEXT_VISIBLE, meta={"check": "blank"},
+                                          notes="the text after NFKC normalisation and removing format characters "
+                                                "(Unicode category Cf) and surrounding whitespace"),
         # Lengths of non-strings are not checked by GE, so demand strings explicitly.
         gxe.ExpectColumnValuesToBeOfType(column=TEXT, type_="str"),
-        gxe.ExpectColumnValueLengthsToBeBetween(column=TEXT, min_value=spec.min_text_chars,
+        gxe.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=CONTROL_CHARS, meta={"check": "control_chars"},
+                                              notes="no control characters: C0 except tab/newline/CR, DEL, C1"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column=TEXT_VISIBLE, min_value=spec.min_text_chars,
                                                 max_value=spec.max_text_chars),
         gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column=TEXT, min_value=max(0.0, 1.0 - spec.max_duplicate_fraction)),
+            column=TEXT_VISIBLE, min_value=max(0.0, 1.0 - spec.max_duplicate_fraction)),
     ]
 
 
@@ -454,6 +479,7 @@ def _describe_failure(res: dict[str, Any], df: pd.DataFrame) -> str:
     cfg = res["expectation_config"]
     kind, kw, result = cfg["type"], cfg.get("kwargs", {}), res.get("result") or {}
     where = kw.get("column", "table")
+    where = TEXT if where in DERIVED_COLUMNS else where
     exc = res.get("exception_info") or {}
     if exc.get("raised_exception") or any(isinstance(v, dict) for v in exc.values()):
         msg = exc.get("exception_message") or next(
@@ -466,9 +492,8 @@ def _describe_failure(res: dict[str, Any], df: pd.DataFrame) -> str:
         "expect_table_row_count_to_be_between": lambda: (
             f"table: expected at least {kw.get('min_value')} rows, found {result.get('observed_value')}"
         ),
-        "expect_column_values_to_not_be_null": lambda: (
-            f"{where}: {n_bad} null or blank values, expected none (rows e.g. {_rows(result)})"
-        ),
+        "expect_column_values_to_not_be_null": lambda: _null_message(where, n_bad, result, df),
+        "expect_column_values_to_not_match_regex": lambda: _control_message(where, n_bad, result),
         "expect_column_values_to_be_of_type": lambda: (
             f"{where}: {n_bad} values not of type {kw.get('type_')}{ex}"
         ),
@@ -495,14 +520,34 @@ def _describe_failure(res: dict[str, Any], df: pd.DataFrame) -> str:
 
 def _columns_message(kw: dict[str, Any], result: dict[str, Any]) -> str:
     mismatched = (result.get("details") or {}).get("mismatched", {})
-    expected = sorted(c for c in kw.get("column_set") or [] if c != TEXT_KEY)
-    found = [c for c in result.get("observed_value") or [] if c != TEXT_KEY]
+    expected = sorted(c for c in kw.get("column_set") or [] if c not in DERIVED_COLUMNS)
+    found = [c for c in result.get("observed_value") or [] if c not in DERIVED_COLUMNS]
     message = f"table: expected columns {expected}, found {found}"
     if mismatched.get("missing"):
         message += f"; missing {mismatched['missing']}"
     if mismatched.get("unexpected"):
         message += f"; unexpected {mismatched['unexpected']}"
     return message
+
+
+def _null_message(where: str, n_bad: Any, result: dict[str, Any], df: pd.DataFrame) -> str:
+    rows = _rows(result)
+    message = f"{where}: {n_bad} null or blank values, expected none (rows e.g. {rows})"
+    invisible = [i for i in rows if where == TEXT and isinstance(i, int) and i < len(df)
+                 and isinstance(df[TEXT].iloc[i], str) and df[TEXT].iloc[i].strip()]
+    if invisible:
+        message += (f"; rows {invisible} hold only invisible characters "
+                    f"(e.g. {_example(df[TEXT].iloc[invisible[0]])}: zero-width space, word joiner, BOM, ...)")
+    return message
+
+
+def _control_message(where: str, n_bad: Any, result: dict[str, Any]) -> str:
+    found: list[str] = []
+    for value in result.get("partial_unexpected_list") or []:
+        found += [c for c in control_chars(str(value)) if c not in found]
+    return (f"{where}: {n_bad} values contain control characters {found} (rows e.g. {_rows(result)}); "
+            f"only tab, newline and carriage return are allowed (a NUL, U+0000, usually means a UTF-16 or binary "
+            f"file, or a text cut from one): remove them or re-save the file as UTF-8 text")
 
 
 def _leakage_message(result: dict[str, Any], df: pd.DataFrame) -> str:
@@ -523,7 +568,22 @@ def _unique_message(where: str, kw: dict[str, Any], result: dict[str, Any]) -> s
     )
 
 
-# --------------------------------------------------------------------------- pandas check
+# --------------------------------------------------------------------------- pandas and params checks
+
+
+def _check_label_descriptions(spec: SuiteSpec) -> list[str]:
+    """Every key of domains.<d>.label_descriptions must be a label of the domain (a typo such as `negtive` would
+    otherwise be ignored silently, and the real label would fall back to its bare name). Labels are only known
+    from the data, so this runs with the adaptation pool's suite; labels declared in new_labels count as known."""
+    if not spec.described_labels or spec.allowed_labels is None:
+        return []
+    known = sorted(set(spec.allowed_labels) | set(spec.new_labels))
+    unknown = [label for label in spec.described_labels if label not in known]
+    if not unknown:
+        return []
+    return [f"label_descriptions [params check]: domains.{spec.domain}.label_descriptions has key(s) {unknown} "
+            f"that are not labels of the domain; known labels: {known} (the adaptation pool's and "
+            f"domains.{spec.domain}.new_labels); fix the key's spelling in params.yaml"]
 
 
 def _check_rows_per_label(

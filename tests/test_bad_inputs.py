@@ -57,6 +57,13 @@ CASES = [
      [r"file \[read\]: .*batch\.xlsx: unsupported file type '\.xlsx'; use one of \['\.csv', '\.json', '\.jsonl', '\.parquet', '\.tsv'\]"]),
     ("unbalanced quote across lines", "broken_quotes.csv",
      [r"malformed csv file: .*EOF inside string", r"inside double quotes"]),
+    # the C parser cut texts at NUL: "the zip broke" twice was reported as "duplicate share", the NUL never
+    ("NUL bytes in texts", "nul_bytes.csv",
+     [r"text: 2 values contain control characters \['U\+0000'\] \(rows e\.g\. \[2, 3\]\)",
+      r"row 2: text='the zip broke\\x00 on day one'", r"^(?!.*duplicate share)"]),
+    ("texts of only invisible characters", "invisible_text.csv",
+     [r"text: 2 null or blank values, expected none \(rows e\.g\. \[1, 3\]\); rows \[1, 3\] hold only invisible",
+      r"row 1: text='\\u200b', label='pos'", r"fill in or delete rows with an empty text"]),
 ]
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 
 import pytest
 import yaml
 
-from components.config import (MIRROR_ENV, PROJECT_ROOT, ConfigError, DataConfig, Params, flatten, load_params,
-                               parse_params, resolve_mirror)
+from components.config import (MAX_YAML_NODES, MIRROR_ENV, PROJECT_ROOT, ConfigError, DataConfig, Params, flatten,
+                               load_params, parse_params, resolve_mirror)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,65 @@ def test_load_params_file_errors(tmp_path):
     listing.write_text("- 1\n- 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a mapping at the top level, found list"):
         load_params(listing)
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """`a: &a [x x 9]`, `b: &b [*a x 9]`, ...: a few hundred bytes that expand to 9**levels strings."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = [f"x-{names[0]}: &{names[0]} [" + ", ".join(['"x"'] * 9) + "]"]
+    lines += [f"x-{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]" for prev, cur in zip(names, names[1:])]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_while_loading(tmp_path, raw_params):
+    """A nested alias bomb used under a typed key made check-config run 44 s and die with MemoryError at 5.5 GB
+    (the error message printed the expanded value); it is refused at load time, naming the line."""
+    raw = with_value(raw_params, "domains.product_reviews.meta_sources", "BOMB_HERE")
+    path = tmp_path / "params.yaml"
+    path.write_text(_alias_bomb() + yaml.safe_dump(raw).replace("BOMB_HERE", "*i"), encoding="utf-8")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"params\.yaml: line \d+: YAML aliases expand this value past "
+                                          rf"{MAX_YAML_NODES:,} nodes \(an alias bomb\?\)"):
+        load_params(path)
+    assert time.perf_counter() - started < 2
+
+
+def test_small_aliases_still_load(tmp_path, raw_params):
+    """Anchors and aliases as people use them (a shared list, a merged mapping) stay allowed."""
+    raw = with_value(raw_params, "domains.product_reviews.meta_sources", "SOURCES_HERE")
+    text = yaml.safe_dump(raw).replace("SOURCES_HERE", "*sources")
+    sources = raw_params["domains"]["product_reviews"]["meta_sources"]
+    path = tmp_path / "params.yaml"
+    path.write_text(f"x-sources: &sources {sources}\n" + text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"x-sources = .*Extra inputs are not permitted"):
+        load_params(path)  # the anchor's own top-level key is unknown; the alias itself loaded
+    path.write_text(text.replace("*sources", str(sources)) + "\n", encoding="utf-8")
+    assert load_params(path).domains["product_reviews"].meta_sources == sources
+
+
+def test_recursive_yaml_alias_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: &a [1, *a]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"line 1: a recursive YAML alias"):
+        load_params(path)
+
+
+def test_huge_values_are_cut_in_error_messages(raw_params):
+    """The error message shows a bounded repr: a 43-million-string shared list formats in milliseconds."""
+    value = ["x"] * 9
+    for _ in range(7):
+        value = [value] * 9
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        parse_params(with_value(raw_params, "domains.product_reviews.meta_sources", value))
+    assert time.perf_counter() - started < 2
+    lines = str(caught.value).splitlines()
+    assert any(line.startswith("  domains.product_reviews.meta_sources.0 = [[") for line in lines)
+    assert all(len(line) < 400 for line in lines)
+    with pytest.raises(ConfigError) as caught:
+        parse_params(with_value(raw_params, "seed", "x" * 5000))
+    shown = re.search(r"seed = (.*): Input should be a valid integer", str(caught.value)).group(1)
+    assert shown.startswith("'xxxx") and len(shown) <= 200 and "5000" not in shown
 
 
 def test_unknown_domain_lists_the_known_ones(raw_params):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from components.config import DatasetSpec
-from components.data import DataError, load_split, read_labelled_file, text_hash
+from components.data import DataError, control_chars, load_split, read_labelled_file, text_hash, visible_text
 
 ROWS = [{"text": "great phone", "label": "pos"}, {"text": "awful battery", "label": "neg"},
         {"text": "  works fine ", "label": " pos "}]
@@ -199,3 +199,42 @@ def test_read_texts_needs_only_a_text_column(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("id,body\n1,x\n", encoding="utf-8")
     with pytest.raises(DataError, match="no 'text' column"):
         read_texts(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_nul_bytes_are_kept_not_cut_so_validation_can_refuse_them(tmp_path, suffix):
+    """pandas' C parser cut a field at NUL ("abc\\x00def" -> "abc"): texts that became equal looked like duplicates."""
+    sep = b"," if suffix == ".csv" else b"\t"
+    path = tmp_path / f"nul{suffix}"
+    path.write_bytes(b"text" + sep + b"label\nthe zip broke\x00 on day one" + sep + b"neg\n"
+                     b"the zip broke\x00 after a week" + sep + b"neg\n\"quoted,\nnul\x00\"" + sep + b"pos\n")
+    frame = read_labelled_file(path)
+    assert frame["text"].tolist() == ["the zip broke\x00 on day one", "the zip broke\x00 after a week",
+                                      "quoted,\nnul\x00"]
+
+
+def test_nul_bytes_in_the_header_mean_utf16(tmp_path):
+    path = tmp_path / "utf16.csv"
+    path.write_bytes("text,label\ngreat phone,pos\n".encode("utf-16-le"))  # no BOM: every byte is valid UTF-8
+    with pytest.raises(DataError, match=r"utf16\.csv: the header line contains NUL bytes: the file looks UTF-16"):
+        read_labelled_file(path)
+
+
+def test_visible_text_removes_format_characters_and_normalises():
+    assert visible_text("\u200b\u2060\ufeff\u200c \u00a0") == ""
+    assert visible_text(" a\u200bb ") == "ab"
+    assert visible_text("\uff21\uff22") == "AB"  # NFKC: full-width letters
+    assert visible_text("\U0001F44D") == "\U0001F44D"
+
+
+def test_control_chars_lists_each_kind_once():
+    assert control_chars("a\x00b\x00\tc\n\r\x7f\x85") == ["U+0000", "U+007F", "U+0085"]
+    assert control_chars("tab\tnew\nline\r") == []
+
+
+def test_texts_of_only_invisible_characters_are_dropped_like_empty_ones(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "\\u200b", "label": "pos"}\n{"text": "fine", "label": "pos"}\n'
+                    '{"text": "\\u2060\\ufeff", "label": "neg"}\n{"text": "\\ud83d\\udc4d", "label": "pos"}\n',
+                    encoding="utf-8")
+    assert read_labelled_file(path)["text"].tolist() == ["fine", "\U0001F44D"]

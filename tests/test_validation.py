@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -61,10 +62,71 @@ def test_unknown_label_fails():
 
 
 def test_empty_text_fails():
+    """An empty string is blank (like a null), not a too-short text."""
     df = _frame()
     df.loc[2, "text"] = ""
-    with pytest.raises(DataValidationError, match=r"text: 1 values with length outside \[1, 60\] chars \(e\.g\. '' \[0 chars\]\)"):
+    with pytest.raises(DataValidationError, match=r"text: 1 null or blank values, expected none \(rows e\.g\. \[2\]\)"):
         require_valid(_validate(df))
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u2060", "\ufeff", "\u200c", "\u200b \u2060\ufeff\u200c\u00a0"])
+def test_text_of_only_invisible_format_characters_is_blank(invisible):
+    """Zero-width space, word joiner, BOM, ZWNJ (Unicode category Cf) are removed before the blank check."""
+    df = _frame()
+    df.loc[1, "text"] = invisible
+    df.loc[4, "text"] = "\u200b"
+    outcome = _validate(df)
+    assert not outcome.success
+    assert outcome.failed_checks == ["expect_column_values_to_not_be_null"]
+    assert outcome.example_rows == [1, 4]
+    with pytest.raises(DataValidationError, match=r"text: 2 null or blank values, expected none \(rows e\.g\. \[1, 4\]\); "
+                                                  r"rows \[1, 4\] hold only invisible characters"):
+        require_valid(outcome)
+
+
+def test_length_is_counted_on_the_visible_text():
+    """Format characters do not count towards the length bounds: 60 visible chars padded with 100 ZWSP pass."""
+    df = _frame()
+    df.loc[0, "text"] = "x" * 60 + "\u200b" * 100
+    df.loc[1, "text"] = "a\u200bb"  # two visible chars, stored as given
+    outcome = _validate(df)
+    assert outcome.success, outcome.failures
+    df.loc[2, "text"] = "y" * 61 + "\u200b"
+    with pytest.raises(DataValidationError, match=r"text: 1 values with length outside \[1, 60\] chars"):
+        require_valid(_validate(df))
+    too_short = _validate(_frame(), min_text_chars=3)
+    assert too_short.success, too_short.failures
+
+
+@pytest.mark.parametrize("emoji", ["\U0001F44D", "\U0001F621\U0001F621", "\u2764\ufe0f", "\U0001F468\u200d\U0001F469"])
+def test_emoji_only_text_is_accepted(emoji):
+    """An emoji-only text carries sentiment: it is a (short) text, not a blank one (ZWJ sequences included)."""
+    df = _frame()
+    df.loc[0, "text"] = emoji
+    outcome = _validate(df)
+    assert outcome.success, outcome.failures
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"])
+def test_control_characters_in_text_fail_with_rows(char):
+    df = _frame()
+    df.loc[2, "text"] = f"the zip broke{char} on day one"
+    df.loc[5, "text"] = f"{char}the colour faded"
+    outcome = _validate(df)
+    assert not outcome.success
+    assert outcome.failed_checks == ["expect_column_values_to_not_match_regex"]
+    assert outcome.example_rows == [2, 5]
+    code = f"U+{ord(char):04X}"
+    with pytest.raises(DataValidationError, match=rf"text: 2 values contain control characters \[{re.escape(repr(code))}\] "
+                                                  r"\(rows e\.g\. \[2, 5\]\); only tab, newline and carriage return"):
+        require_valid(outcome)
+
+
+def test_tab_newline_and_carriage_return_are_allowed():
+    df = _frame()
+    df.loc[0, "text"] = "line one\nline two\r\n\tindented"
+    outcome = _validate(df)
+    assert outcome.success, outcome.failures
 
 
 def test_null_text_fails():
@@ -364,3 +426,31 @@ def test_validate_stage_passes_on_clean_tables(shop):
     _prepared_domain(root, ADAPT, EVAL)
     summary = stages.validate(params, DOMAIN, root)
     assert set(summary) == {"adapt", "eval", "meta_source.cr"} and all(s["success"] for s in summary.values())
+
+
+def _with_descriptions(params, descriptions: dict[str, str]):
+    domain = params.domains[DOMAIN].model_copy(update={"label_descriptions": descriptions})
+    return params.model_copy(update={"domains": {**params.domains, DOMAIN: domain}})
+
+
+def test_label_description_for_an_unknown_label_fails_the_adaptation_pool(tmp_path):
+    """A typo in a label_descriptions key (`negtive`) was ignored silently; labels are known from the pool, so the
+    adapt suite names the key and the known labels."""
+    params = _with_descriptions(make_project(tmp_path, new_labels=("neutral",)),
+                                {"negtive": "bad news", "pos": "good news", "neutral": "no news"})
+    outcomes = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pd.DataFrame(columns=["text", "label"]))
+    adapt = outcomes["adapt"]
+    assert not adapt.success and outcomes["eval"].success
+    assert adapt.failed_checks == ["label_descriptions [params check]"]
+    assert adapt.failures == [
+        "label_descriptions [params check]: domains.shop.label_descriptions has key(s) ['negtive'] that are not "
+        "labels of the domain; known labels: ['neg', 'neutral', 'pos'] (the adaptation pool's and "
+        "domains.shop.new_labels); fix the key's spelling in params.yaml"]
+    assert adapt.statistics["pandas_checks_unsuccessful"] == 1
+
+
+def test_label_descriptions_of_pool_and_new_labels_pass(tmp_path):
+    params = _with_descriptions(make_project(tmp_path, new_labels=("neutral",)),
+                                {"neg": "bad news", "pos": "good news", "neutral": "no news"})
+    outcomes = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pd.DataFrame(columns=["text", "label"]))
+    assert all(o.success for o in outcomes.values()), {k: o.failures for k, o in outcomes.items()}

@@ -1,6 +1,7 @@
 """Texts in, labels and probabilities out, from a saved model directory: what serving and batch scoring use."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +14,7 @@ from components.encoder import TextEncoder, load_encoder
 from components.model_io import AdaptedModel, load_model
 from components.scopes import restore_encoder
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_PREDICT_CHARS = 20_000   # longer inputs are truncated before tokenising (the encoder sees max_length tokens anyway)
 
 
@@ -98,7 +100,12 @@ class Predictor:
 
 
 def _clean(text: object) -> str:
-    """Non-strings and empty texts are scored as empty strings rather than crashing a whole batch."""
+    """Non-strings and empty texts are scored as empty strings rather than crashing a whole batch.
+
+    A lone surrogate (undecodable input) would crash the tokenizer for the whole batch: it becomes U+FFFD here.
+    Callers that must *refuse* such texts (the CLI, the pyfunc) check them first with safety.text_problem.
+    """
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    return text[:MAX_PREDICT_CHARS]
+    text = text[:MAX_PREDICT_CHARS]
+    return _SURROGATE.sub("\ufffd", text)

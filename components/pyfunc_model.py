@@ -7,23 +7,48 @@ registry to this exact class layout. Logged from code, the registry stores this 
 time too): torch, transformers and the encoder load only in ``load_context``.
 
 ``predict`` takes a DataFrame with a ``text`` column (or a list/Series/array of strings) and returns a DataFrame
-with ``label``, ``score`` (the top probability) and one ``p_<label>`` column per label.
+with one row per input row (same index, same order): ``label``, ``score`` (the top probability), one
+``p_<label>`` column per label, and ``error``.
+
+Contract for bad rows: a row whose text cannot be scored (missing, not a string, bytes, a string holding a lone
+surrogate = undecodable input, empty or whitespace-only) is *not* predicted and does not fail the request: its
+``error`` says why (e.g. ``"row 7: empty text"``), its ``label`` is ``""`` and its scores are NaN. Every other
+row is scored normally with ``error == ""``. Callers should check ``error`` (or ``label != ""``) per row.
+
+A DataFrame without a ``text`` column (or an input of an unsupported type) fails the whole call with a
+``PyfuncInputError`` (an MlflowException, code INVALID_PARAMETER_VALUE) whose short message names the expected
+column and the columns found; ``mlflow models serve`` answers it as HTTP 400 with that message in the JSON body
+(``{"error_code": "INVALID_PARAMETER_VALUE", "message": "...input needs a 'text' column; found columns [...]"}``)
+and no stack trace.
 """
 from typing import Any
 
 import mlflow.models
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 TEXT_COLUMN = "text"
+
+
+class PyfuncInputError(MlflowException, ValueError, TypeError):
+    """The input as a whole is unusable (no ``text`` column, unsupported type): INVALID_PARAMETER_VALUE, so
+    ``mlflow models serve`` answers 400 with this short message. Also a ValueError/TypeError for older callers."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def texts_from_input(model_input: Any) -> tuple[list[Any], pd.Index | None]:
     """The texts to score and the index to keep, so output rows line up with the caller's rows."""
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN not in model_input.columns:
-            found = [str(c) for c in model_input.columns]
-            raise ValueError(f"input DataFrame needs a {TEXT_COLUMN!r} column; found columns {found}")
+            found = [str(c)[:100] for c in model_input.columns[:20]]
+            more = f" and {len(model_input.columns) - 20} more" if len(model_input.columns) > 20 else ""
+            raise PyfuncInputError(
+                f"input needs a {TEXT_COLUMN!r} column; found columns {found}{more}")
         return model_input[TEXT_COLUMN].tolist(), model_input.index
     if isinstance(model_input, pd.Series):
         return model_input.tolist(), model_input.index
@@ -33,16 +58,39 @@ def texts_from_input(model_input: Any) -> tuple[list[Any], pd.Index | None]:
         return list(model_input), None
     if hasattr(model_input, "ndim") and getattr(model_input, "ndim") == 1:   # numpy array of strings
         return list(model_input), None
-    raise TypeError(f"expected a DataFrame with a {TEXT_COLUMN!r} column, a Series or a list of strings; "
-                    f"got {type(model_input).__name__}")
+    raise PyfuncInputError(
+        f"expected a DataFrame with a {TEXT_COLUMN!r} column, a Series or a list of strings; "
+        f"got {type(model_input).__name__}")
 
 
-def predictions_frame(labels: list[str], probabilities: Any, index: pd.Index | None = None) -> pd.DataFrame:
-    """label / score / p_<label> columns from a (rows, labels) probability matrix."""
+def predictions_frame(labels: list[str], probabilities: Any, index: pd.Index | None = None,
+                      errors: list[str] | None = None) -> pd.DataFrame:
+    """label / score / p_<label> / error columns from a (rows, labels) probability matrix.
+
+    A row with an error (``errors[i]`` not empty) has label ``""`` and NaN scores, whatever its probabilities.
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    errors = [""] * len(probabilities) if errors is None else list(errors)
+    bad = np.array([bool(e) for e in errors], dtype=bool)
+    probabilities = probabilities.copy()
+    probabilities[bad] = np.nan
     frame = pd.DataFrame({f"p_{label}": probabilities[:, i] for i, label in enumerate(labels)}, index=index)
-    frame.insert(0, "label", [labels[i] for i in probabilities.argmax(axis=1)])
-    frame.insert(1, "score", probabilities.max(axis=1))
+    best = np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)
+    frame.insert(0, "label", ["" if b else labels[i] for i, b in zip(best, bad)])
+    frame.insert(1, "score", probabilities.max(axis=1))     # NaN for the error rows
+    frame["error"] = errors
     return frame
+
+
+def row_errors(texts: list[Any]) -> list[str]:
+    """Per row, "" when the text can be scored, else ``"row <i>: <reason>"`` (i = 0-based position)."""
+    from components.safety import text_problem
+
+    errors = []
+    for i, text in enumerate(texts):
+        problem = text_problem(text)
+        errors.append("" if problem is None else f"row {i}: {problem}")
+    return errors
 
 
 class MetaAdaptPyfunc(mlflow.pyfunc.PythonModel):
@@ -65,8 +113,13 @@ class MetaAdaptPyfunc(mlflow.pyfunc.PythonModel):
         if self.predictor is None:
             raise RuntimeError("MetaAdaptPyfunc.predict called before load_context")
         texts, index = texts_from_input(model_input)
-        probabilities = self.predictor.predict_proba(texts)
-        return predictions_frame(self.predictor.labels, probabilities, index)
+        errors = row_errors(texts)
+        labels = self.predictor.labels
+        probabilities = np.full((len(texts), len(labels)), np.nan)
+        good = [i for i, error in enumerate(errors) if not error]
+        if good:
+            probabilities[good] = self.predictor.predict_proba([texts[i] for i in good])
+        return predictions_frame(labels, probabilities, index, errors)
 
 
 mlflow.models.set_model(MetaAdaptPyfunc())

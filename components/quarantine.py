@@ -76,7 +76,7 @@ def accept_batch(file: Path, domain: str, params: Params, root: Path) -> pd.Data
 def _read_batch(file: Path, name: str) -> tuple[pd.DataFrame | None, ValidationOutcome | None]:
     """The raw table with blank cells as nulls, or a read-check outcome when the bytes cannot be a table."""
     if READERS.get(file.suffix.lower()) in _TEXT_FORMATS:  # parquet is binary; unknown suffixes fail below
-        problem = _utf8_problem(file)
+        problem = utf8_problem(file)
         if problem:
             return None, read_failure(name, "utf8", problem)
     try:
@@ -86,8 +86,12 @@ def _read_batch(file: Path, name: str) -> tuple[pd.DataFrame | None, ValidationO
     return _blanks_to_null(frame), None
 
 
-def _utf8_problem(file: Path) -> str | None:
-    """Where the bytes stop being UTF-8 (checked on the bytes, before any parser guesses), or None."""
+def utf8_problem(file: Path) -> str | None:
+    """Where the bytes stop being UTF-8 (checked on the bytes, before any parser guesses), or None.
+
+    The offset is exact in the whole file (pandas' own UnicodeDecodeError counts from the start of its read
+    chunk, so it is wrong past the first chunk). Also used by `metaadapt predict --file`.
+    """
     raw = file.read_bytes()
     try:
         raw.decode("utf-8")

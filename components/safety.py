@@ -4,12 +4,15 @@ Domain and data set names become directory and file names (``models/<domain>/``,
 name like ``../../etc`` or ``/tmp/x`` must never reach a path join; labels end up in JSON, HTML reports and
 column names, so control characters (which can rewrite a terminal line or split a log record) are refused.
 Every check raises ``UnsafeInputError`` (a ValueError) naming the kind of value, the value and what is allowed.
+Texts to score are checked by ``text_problem`` (a reason, not an exception, so one bad row of a batch can be
+reported while the others are answered), and CSV files written for people go through ``csv_safe``.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -126,3 +129,53 @@ def has_credentials(uri: str) -> bool:
     except ValueError:
         return False
     return parts.password is not None or any(SECRET_QUERY_KEYS.search(k) for k, _ in parse_qsl(parts.query))
+
+
+# ------------------------------------------------------------------------------------------------ text values
+
+# A spreadsheet (Excel, LibreOffice, Google Sheets) runs a CSV cell starting with one of these as a formula
+# (``=cmd|' /C calc'!A0``, ``@SUM(...)``, a leading tab or CR), see OWASP "CSV Injection".
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A value (or every string cell and column name of a DataFrame) safe to open in a spreadsheet.
+
+    OWASP's remedy: a string starting with ``= + - @``, tab or CR gets a leading single quote ``'``, so the
+    spreadsheet shows it as text instead of evaluating it. Other values (numbers, None, other strings) are returned
+    unchanged; a DataFrame comes back as a copy. Use on every CSV written for people to open.
+    """
+    if isinstance(value, str):
+        return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        frame = value.rename(columns=lambda c: csv_safe(c) if isinstance(c, str) else c)
+        for column in frame.columns:
+            if not pd.api.types.is_numeric_dtype(frame[column]):
+                frame[column] = frame[column].map(csv_safe)
+        return frame
+    return value
+
+
+def text_problem(value: Any) -> str | None:
+    """Why a value cannot be scored as a text, or None when it can (a non-empty str that encodes as UTF-8).
+
+    Refused: missing values (None/NaN), non-strings (bytes included), strings holding a lone surrogate (what
+    Python makes of undecodable bytes in argv or ``errors='surrogateescape'`` input; a tokenizer cannot take
+    them) and empty or whitespace-only strings (a model would still answer them with a confident label).
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return "missing text"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes, not text (decode it as UTF-8 first)"
+    if not isinstance(value, str):
+        return f"not a string (got {type(value).__name__})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = value[error.start]
+        return f"not valid UTF-8 text: lone surrogate {bad!r} at character {error.start}"
+    if not value.strip():
+        return "empty text"
+    return None

@@ -105,3 +105,50 @@ def test_monitor_exit_code_says_drift_and_bad_files_fail_clearly(project, tmp_pa
     empty.write_text("")
     result = run("monitor", "--domain", DOMAIN, "--root", str(project), str(empty))
     assert result.exit_code == 2 and "file is empty" in result.stderr
+
+
+def test_predict_out_csv_is_safe_to_open_in_a_spreadsheet(project, tmp_path):
+    """Texts starting with = + - @ (a formula in Excel/LibreOffice) are written with a leading ' (OWASP)."""
+    hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1", "plain profit"]
+    pd.DataFrame({"text": hostile}).to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    out = tmp_path / "out.csv"
+    result = run("predict", "--domain", DOMAIN, "--root", str(project), "--file", str(tmp_path / "in.jsonl"),
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert written["text"].tolist() == ["'" + t for t in hostile[:5]] + ["plain profit"]
+    assert set(written["label"]) <= set(LABELS) and list(written.columns) == ["text", "label", "score_neg", "score_pos"]
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_undecodable_or_empty_arguments_fail_in_one_line(project, command):
+    """'\\udcff' is what Python puts in sys.argv for a non-UTF-8 byte; the tokenizer cannot take it."""
+    for text, message in [("caf\udcff", "error: argument 1 is not valid UTF-8 text"),
+                          ("", "error: argument 1: empty text"), ("  \t ", "error: argument 1: empty text")]:
+        result = CliRunner().invoke(app, [command, "--domain", DOMAIN, "--root", str(project), text])
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == ""
+
+
+def test_predict_file_with_undecodable_bytes_or_empty_rows_fails_in_one_line(project, tmp_path):
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(b"text\n" + b"fine line\n" * 50_000 + b"caf\xe9 au lait\n")
+    result = CliRunner().invoke(app, ["predict", "--domain", DOMAIN, "--root", str(project), "--file", str(bad)])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    offset = 5 + 10 * 50_000 + 3
+    assert result.stderr.strip() == (f"error: {bad}: not valid UTF-8 (byte 0xe9 at offset {offset} (line 50002)); "
+                                     f"re-save the file as UTF-8")
+
+    escaped = tmp_path / "surrogate.jsonl"
+    escaped.write_text('{"text": "ok"}\n{"text": "caf\\udcff"}\n{"text": "  "}\n', encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", "--domain", DOMAIN, "--root", str(project), "--file", str(escaped)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"error: {escaped}: data row 2: not valid UTF-8 text: "
+                                     f"lone surrogate '\\udcff' at character 3")
+
+    blank = tmp_path / "blank.csv"
+    blank.write_text("text\nstrong profit\n\"\"\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", "--domain", DOMAIN, "--root", str(project), "--file", str(blank)])
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {blank}: data row 2: empty text"

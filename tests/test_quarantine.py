@@ -150,3 +150,100 @@ def test_every_supported_format_is_accepted(tmp_path, name, write):
     write(batch)
     frame = accept_batch(batch, DOMAIN, params, tmp_path)
     assert frame.to_dict("list") == pd.read_csv(io.StringIO(GOOD)).to_dict("list")
+
+
+# ------------------------------------------------------------------ flows.incoming: whose files may be moved
+
+
+def _outside(tmp_path, name="batch.csv", content="text,label\n"):
+    """A user's file in a scratch folder beside (not inside) the project directory."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    path = scratch / name
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_a_symlinked_batch_is_refused_and_the_file_it_points_to_stays(tmp_path):
+    from flows.incoming import BatchRefused, accept
+
+    root = tmp_path / "project"
+    params = make_project(root)
+    target = _outside(tmp_path)
+    incoming_link = root / "data" / "incoming" / DOMAIN / "link.csv"
+    incoming_link.parent.mkdir(parents=True)
+    incoming_link.symlink_to(target)
+    cli_link = tmp_path / "link.csv"
+    cli_link.symlink_to(target)
+    for link in (incoming_link, cli_link):
+        with pytest.raises(BatchRefused, match="is a symbolic link .*nothing was read or moved"):
+            accept(link, DOMAIN, params, root)
+        assert link.is_symlink()
+    assert target.read_text() == "text,label\n" and not (root / "data" / "quarantine").exists()
+
+
+def test_a_rejected_batch_from_outside_the_project_is_quarantined_as_a_copy(tmp_path):
+    from flows.incoming import accept
+
+    root = tmp_path / "project"
+    params = make_project(root)
+    original = _outside(tmp_path, content=GOOD + "x" * 5000 + ",pos\n")
+    data = original.read_bytes()
+    with pytest.raises(BatchRejected) as rejected:
+        accept(original, DOMAIN, params, root)
+    assert original.read_bytes() == data  # the user's file is where it was, unchanged
+    target = rejected.value.quarantine_dir
+    assert (target / "batch.csv").read_bytes() == data
+    stored = json.loads((target / "validation.json").read_text())
+    assert stored["original_path"] == str(original) and stored["original_left_in_place"] is True
+    message = str(rejected.value)
+    assert message.startswith(f"incoming batch {original} rejected") and "was left where it is" in message
+    assert "was moved" not in message and (target / "README.txt").read_text() == message + "\n"
+    assert sorted(p.name for p in (root / "data" / "quarantine").iterdir()) == [DOMAIN]  # no staging left
+
+
+def test_a_good_batch_from_outside_the_project_is_read_and_left_alone(tmp_path):
+    from flows.incoming import accept
+
+    root = tmp_path / "project"
+    params = make_project(root)
+    original = _outside(tmp_path, content=GOOD)
+    frame = accept(original, DOMAIN, params, root)
+    assert len(frame) == 4 and original.read_text() == GOOD
+    assert not list(root.glob("data/quarantine/*"))  # no staging copy left behind
+
+
+def test_files_of_the_project_are_still_moved_to_quarantine(tmp_path):
+    from flows.incoming import accept
+
+    params = make_project(tmp_path)
+    for batch in (_batch(tmp_path, content="text,label\n"), tmp_path / "in_project.csv"):
+        batch.write_text("text,label\n")
+        with pytest.raises(BatchRejected):
+            accept(batch, DOMAIN, params, tmp_path)
+        assert not batch.exists()
+
+
+@pytest.mark.parametrize("name", ["esc\x1b[31m.csv", "new\nline.csv"])
+def test_batch_names_with_control_characters_are_refused(tmp_path, name):
+    from flows.incoming import BatchRefused, accept
+
+    params = make_project(tmp_path)
+    batch = _batch(tmp_path, name=name, content=GOOD)
+    with pytest.raises(BatchRefused, match="contains control characters") as refused:
+        accept(batch, DOMAIN, params, tmp_path)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    assert batch.is_file() and not (tmp_path / "data" / "quarantine").exists()
+
+
+def test_the_watcher_lists_links_so_they_are_refused_and_never_archives_one(tmp_path):
+    from flows.incoming import _archive, incoming_files
+
+    root = tmp_path / "project"
+    params = make_project(root)
+    target = _outside(tmp_path, content=GOOD)
+    link = root / "data" / "incoming" / DOMAIN / "link.csv"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    assert incoming_files(params, root) == [(DOMAIN, link)]
+    assert _archive(link, DOMAIN, params, root) is None and link.is_symlink() and target.read_text() == GOOD

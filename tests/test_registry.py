@@ -97,7 +97,7 @@ def test_first_registration_becomes_champion_and_serves(tiny_encoder, root):
 
     served = registry.load_champion("toy", config, root).predict(pd.DataFrame({"text": ["good", "bad"]}))
     assert len(served) == 2 and set(served["label"]) <= set(LABELS)
-    assert list(served.columns) == ["label", "score", "p_neg", "p_pos"]
+    assert list(served.columns) == ["label", "score", "p_neg", "p_pos", "error"]
     np.testing.assert_allclose(served[["p_neg", "p_pos"]].sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(served["score"], served[["p_neg", "p_pos"]].max(axis=1))
 

@@ -9,8 +9,8 @@ import yaml
 
 from components.config import PROJECT_ROOT, TRACKING_ENV, ConfigError, DatasetSpec, parse_params
 from components.data import DataError, load_split, read_labelled_file
-from components.safety import (UnsafeInputError, check_label, check_name, has_credentials, redact_secrets, redact_uri,
-                               safe_child)
+from components.safety import (UnsafeInputError, check_label, check_name, csv_safe, has_credentials, redact_secrets,
+                               redact_uri, safe_child, text_problem)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +197,30 @@ def test_stage_paths_refuse_a_traversing_domain(tmp_path):
     assert StagePaths(tmp_path, "finance_sentiment").models == tmp_path / "models" / "finance_sentiment"
     with pytest.raises(UnsafeInputError, match=r"domain name '\.\./\.\./etc' is not allowed"):
         StagePaths(tmp_path, "../../etc")
+
+
+@pytest.mark.parametrize("cell", ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1", "\r=1"])
+def test_csv_safe_quotes_cells_a_spreadsheet_would_run_as_formulas(cell):
+    assert csv_safe(cell) == "'" + cell
+
+
+def test_csv_safe_leaves_other_values_and_escapes_whole_frames():
+    import pandas as pd
+
+    for value in ["plain text", "a=b", "", " =x", 1.5, -3, None]:
+        assert csv_safe(value) == value
+    frame = pd.DataFrame({"text": ["=1+1", "ok"], "label": ["-neg", "pos"], "score": [-0.5, 0.5], "=bad": ["@x", "y"]})
+    safe = csv_safe(frame)
+    assert safe.to_dict(orient="list") == {"text": ["'=1+1", "ok"], "label": ["'-neg", "pos"], "score": [-0.5, 0.5],
+                                           "'=bad": ["'@x", "y"]}
+    assert frame["text"].tolist() == ["=1+1", "ok"]          # the caller's frame is not modified
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("ok", None), ("  a ", None), ("é ü 中", None),
+    ("", "empty text"), (" \t\n", "empty text"), (None, "missing text"), (float("nan"), "missing text"),
+    (b"\xff", "bytes, not text"), (3, "not a string (got int)"),
+    ("ab\udcff", "not valid UTF-8 text: lone surrogate '\\udcff' at character 2")])
+def test_text_problem_names_why_a_text_cannot_be_scored(value, reason):
+    problem = text_problem(value)
+    assert problem == reason if reason is None else problem.startswith(reason)

@@ -171,7 +171,7 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     model = AdaptedModel(head.cpu(), classifier, params.encoder.model_dump(), scope, delta,
                          params.meta.lora.model_dump() if scope == "lora" else None,
                          {"domain": domain, "k": params.domain(domain).k, "seed": params.seed},
-                         support_record(support, labels, descriptions))
+                         support_record(support, labels, descriptions), vectors.detach().cpu())  # rows or prompts
     save_model(model, out_dir)
     info = classifier.info
     return {"steps": info.get("steps", 0), "method": info.get("method", "zero_shot"), "chosen": info.get("chosen"),

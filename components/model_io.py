@@ -23,6 +23,7 @@ from components.meta import CosineClassifier, ProjectionHead
 
 MANIFEST = "model.json"
 SUPPORT = "support.json"      # the support texts and labels: what `metaadapt explain` shows as nearest examples
+SUPPORT_VECTORS = "support.safetensors"   # their embeddings (float16): explain ranks them without re-encoding
 FORMAT_VERSION = 1
 
 
@@ -189,6 +190,7 @@ class AdaptedModel:
     lora: dict[str, Any] | None = None      # LoraConfig as a dict when scope == "lora"
     metadata: dict[str, Any] | None = None
     support: dict[str, list[str]] | None = None   # {"texts": [...], "labels": [...]} the prototypes came from
+    support_vectors: torch.Tensor | None = None   # their encoder embeddings, row for row (None: re-encoded on demand)
 
     @property
     def labels(self) -> list[str]:
@@ -202,6 +204,8 @@ def save_model(model: AdaptedModel, directory: Path) -> Path:
     tensors = {"head.safetensors": model.head.state_dict(), "classifier.safetensors": classifier_tensors(model.classifier)}
     if model.encoder_state:
         tensors["encoder.safetensors"] = model.encoder_state
+    if model.support_vectors is not None:
+        tensors[SUPPORT_VECTORS] = {"vectors": model.support_vectors.to(torch.float16)}
     with atomic_directory(directory) as staging:
         for name, state in tensors.items():
             atomic_save_tensors(state, staging / name)
@@ -270,5 +274,7 @@ def load_model(directory: Path) -> AdaptedModel:
                                   tensors.get("bias"), float(manifest.get("scale", 1.0)), tensors.get("log_prior"))
     encoder_state = load_file(str(directory / "encoder.safetensors")) if "encoder.safetensors" in manifest["files"] else None
     support = json.loads((directory / SUPPORT).read_text(encoding="utf-8")) if SUPPORT in manifest["files"] else None
+    support_vectors = load_file(str(directory / SUPPORT_VECTORS))["vectors"].float() \
+        if SUPPORT_VECTORS in manifest["files"] else None
     return AdaptedModel(head.eval(), classifier, manifest["encoder"], manifest["scope"], encoder_state,
-                        manifest.get("lora"), manifest.get("metadata"), support)
+                        manifest.get("lora"), manifest.get("metadata"), support, support_vectors)

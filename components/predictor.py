@@ -81,10 +81,13 @@ class Predictor:
         if not support or not support.get("texts"):
             raise ValueError("this model directory holds no support examples (saved before explanations existed); "
                              "re-run adaptation to explain its predictions")
-        embeddings = self.embed([text, *support["texts"]])
-        vectors = self._head_space(embeddings)
+        query = self.embed([text])
+        stored = self.model.support_vectors
+        rows = stored.numpy() if stored is not None and len(stored) == len(support["texts"]) \
+            else self.embed(support["texts"])   # models saved before the embeddings were stored with them
+        vectors = self._head_space(np.concatenate([query, rows]))
         similarity = (vectors[1:] @ vectors[0]).tolist()
-        probabilities = self.predict_proba_embeddings(embeddings[:1])[0]
+        probabilities = self.predict_proba_embeddings(query)[0]
         order = np.argsort(-probabilities)[:top_labels]
         top = []
         for i in order:

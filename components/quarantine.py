@@ -224,6 +224,8 @@ def _hints(domain: str, params: Params, outcome: ValidationOutcome, frame: pd.Da
     checks = params.validation
     hints = {
         "utf8": "re-save the file as UTF-8 (spreadsheets: 'CSV UTF-8')",
+        "expect_column_values_to_not_match_regex":
+            "remove control characters (NUL and other invisible codes) from the texts, or re-save the file as UTF-8 text",
         "read": "fix the file as the message says: a header row text,label, one row per example, "
                 "texts with commas, quotes or newlines inside double quotes (\"\" for a quote)",
         "expect_table_columns_to_match_set": "a batch has exactly two columns, text and label, with that header row",

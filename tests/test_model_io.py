@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,28 @@ def test_save_over_an_existing_directory_replaces_it_atomically(tmp_path):
     loaded = load_model(directory)
     assert loaded.scope == "head" and loaded.encoder_state is None
     assert torch.equal(loaded.classifier.weights, newer.classifier.weights)
+
+
+def test_support_embeddings_round_trip_and_explain_uses_them_without_re_encoding(tmp_path):
+    from components.predictor import Predictor
+
+    classifier = CosineClassifier(["neg", "pos"], torch.randn(2, 8), 10.0)
+    vectors = torch.randn(3, 8)
+    model = AdaptedModel(ProjectionHead(8), classifier, {"name": "x"}, "head",
+                         support={"texts": ["bad", "awful", "good"], "labels": ["neg", "neg", "pos"]},
+                         support_vectors=vectors)
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    torch.testing.assert_close(loaded.support_vectors, vectors.half().float())
+
+    class CountingEncoder:
+        calls: list[int] = []
+
+        def encode(self, texts, batch_size):
+            self.calls.append(len(texts))
+            return np.ones((len(texts), 8), dtype=np.float32)
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.model, predictor.encoder, predictor.batch_size = loaded, CountingEncoder(), 8
+    explanation = predictor.explain("terrible")
+    assert CountingEncoder.calls == [1]                      # only the query text was encoded
+    assert {e.label for e in explanation.top} == {"neg", "pos"}

@@ -35,21 +35,23 @@ def ingest(file: Path = typer.Argument(..., exists=True, dir_okay=False,
            now: bool = typer.Option(False, "--now",
                                     help="Also adapt here and now (no served deployment needed).")) -> None:
     """Validate a labelled batch, store it once (by content hash) and emit the event that starts the domain's
-    adaptation (`metaadapt serve` must be running for that, unless --now). A bad file is quarantined."""
-    from flows.incoming import ingest_batch
+    adaptation (`metaadapt serve` must be running for that, unless --now). A bad file is quarantined (a file from
+    outside the project as a copy: yours stays where it is). Symbolic links and names with control characters
+    are refused."""
+    from flows.incoming import check_batch_path, ingest_batch, printable
 
-    try:
-        batch = ingest_batch(domain, str(file.resolve()), str(PROJECT_ROOT))
-    except Exception as error:  # noqa: BLE001 - the flow run holds the traceback; the user needs the message
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
+    check_batch_path(file)  # before Prefect starts: a link or a name with control characters is refused at once
+    # The path as given, made absolute but NOT resolved: resolving would turn a symbolic link into the file it
+    # points to, and a rejection would then move that file (flows.incoming refuses links, copies outside files).
+    batch = ingest_batch(domain, str(file.absolute()), str(PROJECT_ROOT))
+    name = printable(file.name)
     if not batch["is_new"]:
-        typer.echo(f"{file.name}: same rows as batch {batch['sha256'][:16]} ({batch['received_at']}, "
+        typer.echo(f"{name}: same rows as batch {batch['sha256'][:16]} ({batch['received_at']}, "
                    f"{batch['status']}); nothing to do")
         return
-    typer.echo(f"{file.name}: {batch['rows']} rows stored as {batch['path']}; event sent")
+    typer.echo(f"{name}: {batch['rows']} rows stored as {batch['path']}; event sent")
     if now:
-        adapt(domain, reason=f"metaadapt ingest --now {file.name}")
+        adapt(domain, reason=f"metaadapt ingest --now {name}")
 
 
 def batches(domain: str = typer.Option(..., "--domain", "-d", help="Domain from params.yaml."),
@@ -129,11 +131,7 @@ def adapt(domain: str = typer.Argument(..., help="Domain from params.yaml."),
     """Adapt one domain now (its DVC stages, the promotion gate); waits if that domain is already adapting."""
     from flows.adaptation import adapt_domain
 
-    try:
-        outcome = adapt_domain(domain, str(PROJECT_ROOT), reason=reason)
-    except Exception as error:  # noqa: BLE001
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
+    outcome = adapt_domain(domain, str(PROJECT_ROOT), reason=reason)  # an error: flows.cli prints its message
     registry = outcome["registry"]
     typer.echo(f"{domain}: v{registry.get('version')} {'champion' if registry.get('promoted') else 'challenger'} "
                f"- {registry.get('reason')}")

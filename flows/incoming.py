@@ -5,11 +5,20 @@ watcher, runs `ingest_batch`. A valid batch is stored once (`components.batches`
 `metaadapt.batch.accepted` event (resource `metaadapt.domain.<D>`) starts the domain's adaptation deployment.
 The same data a second time is recognised by its hash: logged, no event, no work. An invalid batch is moved
 untouched to `data/quarantine/<domain>/<time>/` by `components.quarantine` and the run fails saying why.
+
+Only files that belong to the project are ever moved: a file in the domain's incoming folder, or one whose real
+location is inside the project. A file from anywhere else (a user's `~/Downloads/batch.csv`) is validated as a
+copy, so a rejection quarantines the copy and the user's file stays where it is. A symbolic link is refused
+(validating it would mean moving or archiving a file somewhere else), and so is a file name with control
+characters (an ESC or a newline in a name would reach terminals and logs).
 """
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 import time
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -23,18 +32,89 @@ from flows.orchestration import BATCH_ACCEPTED, check_domain, domain_resource, p
 BATCH_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
+class BatchRefused(ValueError):
+    """A batch file that is not even read: a symbolic link, or a name with control characters. Nothing is moved."""
+
+
+def printable(name: object) -> str:
+    """A file name as it may be shown: repr-style escapes for control characters (never raw ESC/newline)."""
+    text = str(name)
+    return repr(text)[1:-1] if any(unicodedata.category(c).startswith("C") for c in text) else text
+
+
+def check_batch_path(file: Path) -> Path:
+    """The path as given (not resolved), refused when its name has control characters or it is a symbolic link."""
+    file = Path(file)
+    bad = sorted({repr(c)[1:-1] for c in file.name if unicodedata.category(c).startswith("C")})
+    if bad:
+        raise BatchRefused(f"file name {file.name!r} contains control characters {bad}; rename the file "
+                           f"(nothing was read or moved)")
+    if file.is_symlink():
+        raise BatchRefused(f"{printable(file)} is a symbolic link (to {printable(file.resolve())}); links are "
+                           f"refused so that a rejection never moves a file from where it points: copy the file "
+                           f"itself there instead (nothing was read or moved)")
+    return file
+
+
+def project_owned(file: Path, domain: str, params: Params, root: Path) -> bool:
+    """True for a file the project may move: one in the domain's incoming folder, or whose real location is inside
+    the project directory. Anything else belongs to the user and is only ever copied."""
+    absolute = Path(file).absolute()
+    if absolute.parent == (Path(root) / params.orchestration.incoming_dir / domain).absolute():
+        return True
+    project = Path(root).resolve()
+    return project in absolute.resolve().parents
+
+
 def accept(file: Path, domain: str, params: Params, root: Path) -> pd.DataFrame:
-    """The quarantine gate (Great Expectations incoming-batch suite); raises BatchRejected on bad data."""
+    """The quarantine gate (Great Expectations incoming-batch suite); raises BatchRejected on bad data.
+
+    A file from outside the project is validated as a copy in a staging folder beside the quarantine (same file
+    system), so the quarantine moves the copy; the user's file is left in place and the message says so.
+    """
     from components.quarantine import accept_batch
 
-    return accept_batch(file, domain, params, root)
+    file = check_batch_path(Path(file))
+    if not file.is_file() or project_owned(file, domain, params, root):
+        return accept_batch(file, domain, params, root)
+    params.domain(domain)  # an unknown domain is a caller error: copy nothing
+    base = Path(root) / params.validation.quarantine_dir
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=base))
+    copy = staging / file.name
+    try:
+        shutil.copyfile(file, copy)
+        return accept_batch(copy, domain, params, root)
+    except Exception as error:
+        raise _about_the_original(error, copy, file) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the copy (a rejected one was already moved to quarantine)
+
+
+def _about_the_original(error: Exception, copy: Path, original: Path) -> Exception:
+    """The error about the staged copy, told about the user's file: its path, and that it was left in place."""
+    from components.quarantine import BatchRejected
+
+    if not isinstance(error, BatchRejected):
+        return error
+    message = str(error).replace(str(copy), str(original)).replace(
+        "the file was moved, byte-identical, to", "a byte-identical copy of the file was put in")
+    message += f"\nyour file {original} is outside the project and was left where it is (only a copy is kept)"
+    target = error.quarantine_dir
+    (target / "README.txt").write_text(message + "\n", encoding="utf-8")
+    result = target / "validation.json"
+    if result.is_file():
+        payload = json.loads(result.read_text(encoding="utf-8"))
+        payload.update(original_path=str(original), original_left_in_place=True)
+        result.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    return BatchRejected(message, target, error.failures, error.outcome)
 
 
 def _archive(file: Path, domain: str, params: Params, root: Path) -> str | None:
     """Move a file that came through the incoming folder to incoming/<domain>/processed/ (so the watcher does not
     hash it again); files handed over on the command line stay where the user keeps them."""
-    incoming = (root / params.orchestration.incoming_dir / domain).resolve()
-    if file.resolve().parent != incoming:
+    incoming = (root / params.orchestration.incoming_dir / domain).absolute()
+    if file.is_symlink() or file.absolute().parent != incoming:
         return None
     target = incoming / "processed" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{file.name}"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,13 +183,17 @@ def ingest_batch(domain: str, file: str, root: str = str(PROJECT_ROOT)) -> dict:
 
 
 def incoming_files(params: Params, root: Path) -> list[tuple[str, Path]]:
-    """(domain, file) for every batch file waiting in <incoming_dir>/<domain>/, oldest first."""
+    """(domain, file) for every batch file waiting in <incoming_dir>/<domain>/, oldest first.
+
+    Symbolic links are listed too (by the link's own time), so that ingest_batch refuses each with a clear error
+    instead of the watcher following it."""
     found = []
     for domain in params.domains:
         folder = root / params.orchestration.incoming_dir / domain
         if folder.is_dir():
-            files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in BATCH_SUFFIXES]
-            found += [(domain, p) for p in sorted(files, key=lambda p: p.stat().st_mtime)]
+            files = [p for p in folder.iterdir()
+                     if (p.is_symlink() or p.is_file()) and p.suffix.lower() in BATCH_SUFFIXES]
+            found += [(domain, p) for p in sorted(files, key=lambda p: p.lstat().st_mtime)]
     return found
 
 
@@ -123,6 +207,6 @@ def watch_incoming(root: str = str(PROJECT_ROOT)) -> list[dict]:
         try:
             results.append(ingest_batch(domain, str(file), root))
         except Exception as error:  # noqa: BLE001 - one bad file must not block the rest; its run records why
-            get_run_logger().error("%s rejected: %s", file, error)
-            results.append({"domain": domain, "source": file.name, "rejected": str(error)[:2000]})
+            get_run_logger().error("%s rejected: %s", printable(file), error)
+            results.append({"domain": domain, "source": printable(file.name), "rejected": str(error)[:2000]})
     return results

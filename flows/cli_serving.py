@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from components.config import PROJECT_ROOT, ConfigError, Params, load_params
+from components.safety import csv_safe, text_problem
 
 ROOT_OPTION = typer.Option(PROJECT_ROOT, "--root", help="Project directory (params.yaml, mlruns/, data/, reports/).")
 
@@ -65,9 +66,46 @@ def _scorer(domain: Optional[str], model_dir: Optional[Path], root: Path):
 
 
 def _score_columns(frame) -> Any:
-    """text, label, score_<label>...: per-label probabilities named for the file a user opens."""
+    """text, label, score_<label>...: per-label probabilities named for the file a user opens.
+
+    The pyfunc's ``error`` column is dropped: the CLI refuses unscorable texts before scoring.
+    """
     renamed = frame.rename(columns={c: "score_" + c[2:] for c in frame.columns if c.startswith("p_")})
-    return renamed.drop(columns=["score"])
+    return renamed.drop(columns=["score", "error"], errors="ignore")
+
+
+def _fail(message: str) -> None:
+    """One `error: ...` line on stderr and exit 2 (unusable input), as `metaadapt ingest` / `monitor` do."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _read_file_texts(file: Path) -> list[str]:
+    """The file's `text` column; undecodable bytes are reported with their exact offset and line."""
+    from components.data import READERS, DataError, read_texts
+    from components.quarantine import utf8_problem
+
+    try:
+        if READERS.get(file.suffix.lower()) in ("csv", "tsv", "jsonl") and file.is_file():
+            problem = utf8_problem(file)
+            if problem:
+                _fail(f"{file}: not valid UTF-8 ({problem.split(': ', 1)[1]}); re-save the file as UTF-8")
+        return read_texts(file)
+    except (DataError, OSError) as error:
+        _fail(str(error))
+
+
+def _refuse_bad_texts(texts: list[Any], file: Optional[Path]) -> None:
+    """Exit 2 naming the first text that cannot be scored: the argument's position, or the file and data row."""
+    for i, text in enumerate(texts):
+        problem = text_problem(text)
+        if problem is None:
+            continue
+        if file is not None:
+            _fail(f"{file}: data row {i + 1}: {problem}")
+        if problem.startswith("not valid UTF-8"):
+            _fail(f"argument {i + 1} is not valid UTF-8 text (undecodable bytes on the command line)")
+        _fail(f"argument {i + 1}: {problem}; give a non-empty text")
 
 
 def _score_batched(score, texts: list[str], batch_size: int, progress: bool):
@@ -92,20 +130,23 @@ def predict(texts: list[str] = typer.Argument(None, help="Texts to classify (or 
             out: Optional[Path] = typer.Option(None, "--out", help="Write text,label,score_<label>... as CSV here."),
             model_dir: Optional[Path] = typer.Option(None, help="Use a model directory instead of the champion."),
             root: Path = ROOT_OPTION) -> None:
-    """Classify texts with a domain's champion (or a model directory): JSON lines, or a CSV with --out."""
-    from components.data import read_texts
+    """Classify texts with a domain's champion (or a model directory): JSON lines, or a CSV with --out.
 
-    if file is not None:
-        texts = read_texts(file)
+    Texts that cannot be scored (not valid UTF-8, empty or whitespace-only) are refused with one `error:` line
+    naming the argument or the file row, exit code 2, before any model is loaded. The CSV written with --out is
+    spreadsheet-safe: a cell starting with = + - @, tab or CR gets a leading ' (OWASP CSV injection).
+    """
+    texts = _read_file_texts(file) if file is not None else list(texts or [])
     if not texts:
         raise typer.BadParameter("give texts as arguments or --file")
+    _refuse_bad_texts(texts, file)
     score, batch_size = _scorer(domain, model_dir, root)
     frame = _score_batched(score, list(texts), batch_size, progress=file is not None)
     frame.insert(0, "text", list(texts))
     frame = _score_columns(frame)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        csv_safe(frame).to_csv(out, index=False)
         typer.echo(f"{len(frame)} predictions written to {out}", err=True)
         return
     for row in frame.to_dict(orient="records"):
@@ -122,6 +163,7 @@ def explain(text: str = typer.Argument(..., help="The text to explain."),
 
     The model classifies by similarity to each label's examples, so the nearest examples are its reasons.
     """
+    _refuse_bad_texts([text], None)
     predictor = _champion(domain, _domain_params(root, domain), root).unwrap_python_model().predictor
     try:
         explanation = predictor.explain(text, top_labels=top, examples=examples)

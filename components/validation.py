@@ -522,12 +522,19 @@ def _columns_message(kw: dict[str, Any], result: dict[str, Any]) -> str:
     mismatched = (result.get("details") or {}).get("mismatched", {})
     expected = sorted(c for c in kw.get("column_set") or [] if c not in DERIVED_COLUMNS)
     found = [c for c in result.get("observed_value") or [] if c not in DERIVED_COLUMNS]
-    message = f"table: expected columns {expected}, found {found}"
+    message = f"table: expected columns {expected}, found {_some(found)}"
     if mismatched.get("missing"):
-        message += f"; missing {mismatched['missing']}"
+        message += f"; missing {_some(mismatched['missing'])}"
     if mismatched.get("unexpected"):
-        message += f"; unexpected {mismatched['unexpected']}"
+        message += f"; unexpected {_some(mismatched['unexpected'])}"
     return message
+
+
+def _some(names: list[Any], shown: int = 20) -> str:
+    """A list for a message: the first `shown` items and how many more (a 5,000-column file must not print them all)."""
+    names = list(names)
+    head = repr([str(n)[:100] for n in names[:shown]])
+    return head if len(names) <= shown else f"{head[:-1]}, … and {len(names) - shown} more] ({len(names)} in all)"
 
 
 def _null_message(where: str, n_bad: Any, result: dict[str, Any], df: pd.DataFrame) -> str:

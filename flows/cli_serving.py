@@ -43,7 +43,7 @@ def _champion(domain: str, params: Params, root: Path):
     try:
         return load_champion(domain, params.registry, root)
     except LookupError as error:
-        typer.echo(f"error: {error}", err=True)
+        _say_error(str(error))
         raise typer.Exit(1) from None
 
 
@@ -74,9 +74,16 @@ def _score_columns(frame) -> Any:
     return renamed.drop(columns=["score", "error"], errors="ignore")
 
 
+def _say_error(message: str) -> None:
+    """`error: ...` on stderr, escaped and cut like every other command's errors (flows.cli's printer)."""
+    from flows.cli import clip_message, printable   # imported late: flows.cli imports this module
+
+    typer.echo(f"error: {clip_message(printable(message))}", err=True)
+
+
 def _fail(message: str) -> None:
     """One `error: ...` line on stderr and exit 2 (unusable input), as `metaadapt ingest` / `monitor` do."""
-    typer.echo(f"error: {message}", err=True)
+    _say_error(message)
     raise typer.Exit(2)
 
 
@@ -168,7 +175,7 @@ def explain(text: str = typer.Argument(..., help="The text to explain."),
     try:
         explanation = predictor.explain(text, top_labels=top, examples=examples)
     except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
+        _say_error(str(error))
         raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2))
@@ -213,7 +220,7 @@ def monitor(file: Path = typer.Argument(..., help="CSV/TSV/JSONL/parquet batch w
     try:
         result = monitor_batch(domain, read_batch(file), params, root, source=file.name)
     except (DataError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
+        _say_error(str(error))
         raise typer.Exit(2)
     typer.echo(json.dumps(result.to_dict(), indent=2))
     typer.echo(f"drift: {'YES' if result.drift_detected else 'no'}"

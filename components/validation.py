@@ -533,8 +533,10 @@ def _columns_message(kw: dict[str, Any], result: dict[str, Any]) -> str:
 def _some(names: list[Any], shown: int = 20) -> str:
     """A list for a message: the first `shown` items and how many more (a 5,000-column file must not print them all)."""
     names = list(names)
-    head = repr([str(n)[:100] for n in names[:shown]])
-    return head if len(names) <= shown else f"{head[:-1]}, … and {len(names) - shown} more] ({len(names)} in all)"
+    if len(names) <= shown:
+        return repr([str(n)[:100] for n in names])
+    head = ", ".join(repr(str(n)[:100]) for n in names[:shown])
+    return f"{len(names)} columns: {head}, … and {len(names) - shown} more"
 
 
 def _null_message(where: str, n_bad: Any, result: dict[str, Any], df: pd.DataFrame) -> str:

@@ -164,4 +164,5 @@ def test_a_5000_column_batch_rejection_is_cut_for_the_terminal(tmp_path: Path) -
         flows.incoming.accept(wide, DOMAIN, params, tmp_path)
     shown = clip_message(printable(error_text(rejected.value)))
     assert len(str(rejected.value)) < 5_000 and len(shown) < 2_000   # cut at the source (validation) and for the terminal
-    assert "… and 4980 more]" in shown and "… and 4978 more]" in shown and "what to do:" in shown
+    assert "5000 columns: 'column_0'" in shown and "… and 4980 more" in shown and "… and 4978 more" in shown
+    assert "what to do:" in shown

@@ -79,15 +79,47 @@ def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
                 pass
 
 
+SLOT_LEASE_SECONDS = 60   # a served API's repossessor frees the slot of a killed holder after this long
+
+
 @contextmanager
 def adaptation_slot(root: Path, domain: str, params: Params) -> Iterator[None]:
-    """One adaptation of a domain at a time: the Prefect global concurrency limit (across workers and machines
-    sharing the API) and a file lock (for runs that bypass Prefect, e.g. `dvc repro` by hand in the same tree)."""
+    """One adaptation of a domain at a time: a file lock, then the Prefect global concurrency slot.
+
+    The file lock comes first because the kernel drops it when its holder dies (even by SIGKILL), and its wait is
+    a plain sleep loop that Ctrl-C ends at once. Every local holder of the Prefect slot holds the lock too, so a
+    slot still taken while we hold the lock belongs to a dead process: with a temporary local Prefect server
+    (nothing else shares its database, and it runs no repossessor to expire leases) it is released here; with a
+    served API (`PREFECT_API_URL`, possibly shared by other machines) the slot's lease expires after
+    SLOT_LEASE_SECONDS once its holder stops renewing it.
+    """
     from prefect.concurrency.sync import concurrency
 
     name = concurrency_name(domain)
     ensure_concurrency_limit(name)
     timeout = params.orchestration.lock_timeout_seconds
-    with concurrency(name, occupy=1, timeout_seconds=timeout, strict=True):
-        with domain_lock(root, domain, timeout):
+    with domain_lock(root, domain, timeout):
+        if not api_is_served():
+            release_stale_slots(name)
+        with concurrency(name, occupy=1, timeout_seconds=timeout, lease_duration=SLOT_LEASE_SECONDS, strict=True):
             yield
+
+
+def api_is_served() -> bool:
+    """True when flows talk to a long-running Prefect server (`PREFECT_API_URL`), not a temporary local one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def release_stale_slots(name: str) -> int:
+    """Set the limit's active slots to 0 (only called with the domain's file lock held: nobody alive holds them);
+    returns how many were released."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        stale = int(client.read_global_concurrency_limit_by_name(name).active_slots or 0)
+        if stale:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    return stale

@@ -1,0 +1,58 @@
+"""A killed adaptation must not block its domain: the slot it held is released (issue: SIGKILL left
+`metaadapt-adapt-D` taken for 14 minutes and every later adaptation of D waited an hour and failed)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from components.config import load_params
+from flows import orchestration
+
+
+def params_with_timeout(seconds: float):
+    params = load_params()
+    return params.model_copy(update={"orchestration": params.orchestration.model_copy(
+        update={"lock_timeout_seconds": seconds})})
+
+
+def leak_a_slot(name: str) -> None:
+    """What a SIGKILLed holder leaves behind: a slot taken, its lease never renewed nor released."""
+    from prefect.client.orchestration import get_client
+
+    orchestration.ensure_concurrency_limit(name)
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency", lease_duration=600)
+
+
+def test_a_slot_left_by_a_killed_holder_is_released_with_a_temporary_server(prefect_session, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    leak_a_slot(orchestration.concurrency_name("stale_local"))
+    monkeypatch.setattr(orchestration, "api_is_served", lambda: False)   # what `metaadapt adapt` sees without a server
+    started = time.monotonic()
+    with orchestration.adaptation_slot(tmp_path, "stale_local", params_with_timeout(20)):
+        waited = time.monotonic() - started
+    assert waited < 10
+
+
+def test_with_a_served_api_a_stale_slot_is_left_to_its_lease(prefect_session, tmp_path: Path) -> None:
+    """Other machines may share a served API: nothing is reset, the lease (SLOT_LEASE_SECONDS) expires instead."""
+    leak_a_slot(orchestration.concurrency_name("stale_served"))
+    assert orchestration.api_is_served()       # the test harness is a served API
+    with pytest.raises(TimeoutError):
+        with orchestration.adaptation_slot(tmp_path, "stale_served", params_with_timeout(2)):
+            pass
+
+
+def test_the_file_lock_is_taken_before_the_slot_so_a_live_holder_still_excludes(prefect_session, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """Releasing 'stale' slots is only safe because a live holder holds the file lock: a second process waits."""
+    from components.locks import LockTimeout
+    from flows.locks import domain_lock
+
+    monkeypatch.setattr(orchestration, "api_is_served", lambda: False)
+    with domain_lock(tmp_path, "busy", 5):
+        with pytest.raises(LockTimeout):
+            with orchestration.adaptation_slot(tmp_path, "busy", params_with_timeout(1)):
+                pass

@@ -42,3 +42,6 @@ def configure_environment(root: Path = PROJECT_ROOT) -> None:
         defaults.update(OFFLINE)
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    from flows.server_guard import install
+
+    install()   # Prefect's temporary server dies with this process, however it ends

@@ -78,6 +78,9 @@ def adapt_evaluate(domains: list[str], root: str = str(PROJECT_ROOT), parallel: 
 
 def run_fanout(domains: list[str], root: Path, address: str | None = None, n_workers: int | None = None) -> dict:
     """The fan-out on Dask (what `metaadapt fanout` and the benchmark call)."""
+    from flows.server_guard import share_temporary_server
+
     params = load_params(root / "params.yaml")
+    share_temporary_server()   # workers report to this process's guarded server, never to servers of their own
     runner = dask_runner(params, address, n_workers)
     return adapt_evaluate.with_options(task_runner=runner)(domains, str(root), parallel=True)

@@ -75,5 +75,21 @@ def install() -> None:
         server.subprocess = _GuardedSubprocess()
 
 
+def share_temporary_server() -> None:
+    """Start the guarded temporary server here and point PREFECT_API_URL at it, so that child processes (Dask
+    workers) use it instead of each starting an unguarded one of their own that outlives them. No-op when an API
+    is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    install()
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

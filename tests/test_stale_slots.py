@@ -56,3 +56,28 @@ def test_the_file_lock_is_taken_before_the_slot_so_a_live_holder_still_excludes(
         with pytest.raises(LockTimeout):
             with orchestration.adaptation_slot(tmp_path, "busy", params_with_timeout(1)):
                 pass
+
+
+def test_a_command_waiting_for_the_domain_ends_promptly_on_ctrl_c(tmp_path: Path) -> None:
+    """The wait for a running adaptation is the file lock's sleep loop (taken before the Prefect slot): SIGINT
+    ends it at once instead of after lock_timeout_seconds."""
+    import signal
+    import subprocess
+    import sys
+
+    from flows.locks import domain_lock
+
+    waiter = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+              f"from pathlib import Path; from flows.locks import domain_lock\n"
+              f"print('waiting', flush=True)\n"
+              f"with domain_lock(Path({str(tmp_path)!r}), 'busy', 3600): pass\n")
+    with domain_lock(tmp_path, "busy", 5):
+        process = subprocess.Popen([sys.executable, "-c", waiter], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        assert process.stdout.readline().strip() == "waiting"
+        time.sleep(1.0)
+        assert process.poll() is None                 # it is really waiting
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    assert time.monotonic() - started < 3 and "KeyboardInterrupt" in process.stderr.read()

@@ -67,7 +67,9 @@ def test_a_command_waiting_for_the_domain_ends_promptly_on_ctrl_c(tmp_path: Path
 
     from flows.locks import domain_lock
 
-    waiter = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+    # a shell's background job inherits SIGINT ignored (CI may run us so): restore what a terminal user has
+    waiter = (f"import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
               f"from pathlib import Path; from flows.locks import domain_lock\n"
               f"print('waiting', flush=True)\n"
               f"with domain_lock(Path({str(tmp_path)!r}), 'busy', 3600): pass\n")

@@ -182,8 +182,7 @@ def our_predictions(target: dict, rows: np.ndarray, params, seed: int) -> tuple[
     started = time.perf_counter()
     _, head, classifier = fit_classifier(target["heads"], x, row_labels, params.adapt, seed, labels)
     fit_seconds = time.perf_counter() - started
-    traffic = torch.softmax(classifier.balanced_logits(head, torch.as_tensor(target["pool_x"], dtype=torch.float32)),
-                            -1).double().numpy()
+    traffic = classifier.balanced_proba(head, target["pool_x"])
     counts = [int((pool["label"] == label).sum()) for label in labels]
     metric = params.domain(target["domain"]).metric
     out, strengths = {}, {}
@@ -193,7 +192,7 @@ def our_predictions(target: dict, rows: np.ndarray, params, seed: int) -> tuple[
         out[prior] = classifier.predict(head, eval_x)
         strengths[prior] = classifier.info["prior"]["strength"]
     shifted = torch.as_tensor(target["eval_x"][target["shifted"]], dtype=torch.float32)
-    shifted_traffic = torch.softmax(classifier.balanced_logits(head, shifted), -1).double().numpy()
+    shifted_traffic = classifier.balanced_proba(head, shifted)
     for name, prior, unlabelled in (("shift_pool", "pool", None), ("shift_traffic", "traffic", shifted_traffic)):
         apply_prior(classifier, estimate_prior(prior, counts, unlabelled, params.adapt), metric)
         out[name] = classifier.predict(head, shifted)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from components.config import AdaptConfig
 from components.meta import (CosineClassifier, Extras, ProjectionHead, cosine_logits, finetune_path, fold_train,
-                             small_ops_threading)
+                             label_weights, small_ops_threading)
 
 SCALE_GRID = np.exp(np.linspace(math.log(0.05), math.log(20.0), 61))   # calibration multipliers tried
 
@@ -58,9 +58,7 @@ def fold_assignment(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def balanced_weights(y: torch.Tensor, n: int) -> torch.Tensor:
     """Per-row weights that make every present label weigh the same in total (mean weight 1)."""
-    counts = torch.bincount(y, minlength=n).to(torch.float32)
-    present = int((counts > 0).sum())
-    return (len(y) / (present * counts.clamp(min=1)))[y]
+    return label_weights(y, n)[y]
 
 
 def fit_linear(z: torch.Tensor, y: torch.Tensor, n: int, c: float,

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -150,10 +149,7 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
         vectors = torch.as_tensor(np.asarray(encode(support["text"].tolist())), device=device)
         extras = support_extras(params, support, vectors, encoder, labels)
         embedded = time.perf_counter()
-        candidates = {"meta": head}
-        if params.adapt.select_head:
-            candidates["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init).to(device)
-        _, head, classifier = fit_classifier(candidates, vectors, support["label"].tolist(), params.adapt,
+        _, head, classifier = fit_classifier(candidate_heads(head, params), vectors, support["label"].tolist(), params.adapt,
                                              params.seed, label_order=labels, extras=extras)
         counts = pool_counts or support["label"].value_counts().to_dict()
         traffic = _traffic_probabilities(classifier, head, encoder, traffic_texts, params)
@@ -182,10 +178,19 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
             "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}
 
 
+def candidate_heads(head: ProjectionHead, params: Params) -> dict[str, ProjectionHead]:
+    """The heads adaptation's cross-validation chooses between: the meta-trained one, and (adapt.select_head) an
+    untrained identity head on the same device, for source tasks that do not transfer."""
+    heads = {"meta": head}
+    if params.adapt.select_head:
+        device = next(head.parameters()).device
+        heads["identity"] = ProjectionHead(head.linear.in_features, params.meta.temperature_init).to(device)
+    return heads
+
+
 def _traffic_probabilities(classifier, head: ProjectionHead, encoder: TextEncoder, texts: Sequence[str],
                            params: Params):
     """Uniform-prior posteriors of the traffic rows (what EM re-weights), or None without traffic."""
     if not len(texts):
         return None
-    vectors = torch.as_tensor(encoder.encode(list(texts), params.encoder.batch_size), device=encoder.device)
-    return torch.softmax(classifier.balanced_logits(head, vectors), dim=-1).cpu().double().numpy()
+    return classifier.balanced_proba(head, encoder.encode(list(texts), params.encoder.batch_size))

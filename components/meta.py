@@ -350,6 +350,11 @@ class CosineClassifier:
     def predict(self, head: ProjectionHead, embeddings: torch.Tensor) -> list[str]:
         return [self.labels[i] for i in self.predict_proba(head, embeddings).argmax(1).tolist()]
 
+    def balanced_proba(self, head: ProjectionHead, embeddings) -> np.ndarray:
+        """Uniform-prior posteriors (float64): what EM re-weights to estimate the traffic's prior."""
+        x = torch.as_tensor(embeddings, dtype=torch.float32)
+        return torch.softmax(self.balanced_logits(head, x).double(), dim=-1).cpu().numpy()
+
     @property
     def prior(self) -> dict[str, float]:
         """The class prior estimated for the traffic, {label: probability} (uniform when none is set).
@@ -363,6 +368,13 @@ class CosineClassifier:
         if self.log_prior is None:
             return {label: 1.0 / len(self.labels) for label in self.labels}
         return dict(zip(self.labels, torch.softmax(self.log_prior.double(), 0).tolist()))
+
+
+def label_weights(y: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-label weights that make every present label weigh the same in total (absent labels: 0); balanced
+    training of the cosine fine-tuning here and of the logistic regression in components.classifier."""
+    counts = torch.bincount(y, minlength=n).to(torch.float32)
+    return torch.where(counts > 0, len(y) / (int((counts > 0).sum()) * counts.clamp(min=1)), counts)
 
 
 def finetune_path(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int,
@@ -380,11 +392,10 @@ def finetune_path(head: ProjectionHead, x: torch.Tensor, y: torch.Tensor, n: int
     optimizer = torch.optim.Adam([weights], lr=lr)
     temperature = head.temperature.item()
     # balanced: each label weighs the same, like the prototypes, so the class prior is applied once, at the end
-    counts = torch.bincount(y, minlength=n).to(z.dtype)
-    label_weights = torch.where(counts > 0, len(y) / (int((counts > 0).sum()) * counts.clamp(min=1)), counts)
+    weights_per_label = label_weights(y, n).to(z.dtype)
     for step in range(1, max(checkpoints, default=0) + 1):
         optimizer.zero_grad()
-        F.cross_entropy(cosine_logits(z, weights, temperature), y, weight=label_weights).backward()
+        F.cross_entropy(cosine_logits(z, weights, temperature), y, weight=weights_per_label).backward()
         optimizer.step()
         if step in checkpoints:
             out[step] = weights.detach().clone()

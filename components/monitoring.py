@@ -86,8 +86,7 @@ def monitor_batch(domain: str, current: pd.DataFrame, params: Params, root: Path
     result = _decide(domain, summary, quality, prior, params, directory, created)
     payload = {**result.to_dict(), "source": source, "kind": "monitor", "champion_version":
                champion.version if champion else None, "skipped": skipped, "quality": quality, "prior": prior,
-               "drift": summary.to_dict(), "thresholds": {**params.drift.model_dump(),
-                                                          "max_prior_shift": params.drift.max_prior_shift},
+               "drift": summary.to_dict(), "thresholds": params.drift.model_dump(),
                "n_reference": len(reference), "n_current": len(current), "html": REPORT_HTML}
     result.json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     _log_to_mlflow(result, payload, params, root)
@@ -188,22 +187,13 @@ def label_shift(model: Any, model_embeddings: np.ndarray, params: Params) -> dic
                          f"{min_rows} (too few for a class-prior estimate)")
         return block
     start = np.array([model_prior[label] for label in labels])
-    estimate, iterations = em_prior(_balanced_probabilities(model, model_embeddings), start,
+    estimate, iterations = em_prior(model.classifier.balanced_proba(model.head, model_embeddings), start,
                                     params.adapt.prior_pseudo_rows)
     block["estimated_prior"] = _rounded(dict(zip(labels, estimate.tolist())))
     block["shift"] = round(prior_shift(model_prior, dict(zip(labels, estimate.tolist()))), 6)
     block["fired"] = bool(block["shift"] > block["threshold"])
     block["note"] = f"EM on {rows} rows ({iterations} iterations) from the model's prior"
     return block
-
-
-def _balanced_probabilities(model: Any, model_embeddings: np.ndarray) -> np.ndarray:
-    """softmax of the classifier's calibrated logits under a uniform prior (what EM re-weights)."""
-    import torch
-
-    x = torch.as_tensor(model_embeddings, dtype=torch.float32)
-    logits = model.classifier.balanced_logits(model.head, x).double()
-    return torch.softmax(logits, dim=-1).numpy()
 
 
 def _rounded(prior: dict[str, float]) -> dict[str, float]:

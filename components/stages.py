@@ -273,7 +273,8 @@ def sample_support(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts).reset_index(drop=True)
 
 
-def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.DataFrame, head) -> dict[str, float]:
+def few_shot_scores(params: Params, domain: str, root: Path, pool: pd.DataFrame, truth: list[str],
+                    eval_vectors: np.ndarray, head) -> dict[str, float]:
     """The K-shot demonstration beside the all-rows model: the same adaptation from K rows per label, same rows.
 
     Why in the default run: K is what the project promises (a new domain from a handful of examples); the
@@ -282,24 +283,23 @@ def few_shot_scores(params: Params, domain: str, root: Path, evaluation: pd.Data
     import torch
 
     from components.classifier import apply_prior, estimate_prior, fit_classifier
-    from components.meta import ProjectionHead
+    from components.learner import candidate_heads
     from components.scoring import scores
 
-    paths, config = StagePaths(root, domain), params.domain(domain)
-    pool = pd.read_parquet(paths.prepared / "adapt.parquet")
+    config = params.domain(domain)
     support = sample_support(pool, config.k, params.seed)
     started = time.perf_counter()
-    heads = {"meta": head, **({"identity": ProjectionHead(head.linear.in_features)} if params.adapt.select_head else {})}
     labels = sorted(pool["label"].unique())
     x = torch.as_tensor(embed(support["text"].tolist(), params, root))
-    _, chosen, classifier = fit_classifier(heads, x, support["label"].tolist(), params.adapt, params.seed, labels)
+    _, chosen, classifier = fit_classifier(candidate_heads(head, params), x, support["label"].tolist(), params.adapt,
+                                           params.seed, labels)
     counts = pool["label"].value_counts()
     apply_prior(classifier, estimate_prior("uniform" if params.domain_prior(domain) == "uniform" else "pool",
                                            [int(counts.get(label, 0)) for label in labels], None, params.adapt),
                 config.metric)
     fit_seconds = time.perf_counter() - started   # cache lookup of the support embeddings + fitting
-    predicted = classifier.predict(chosen, torch.as_tensor(embed(evaluation["text"].tolist(), params, root)))
-    return {**{f"kshot_{name}": value for name, value in scores(evaluation["label"].tolist(), predicted).items()},
+    predicted = classifier.predict(chosen, torch.as_tensor(eval_vectors))
+    return {**{f"kshot_{name}": value for name, value in scores(truth, predicted).items()},
             "kshot_rows": len(support), "kshot_fit_seconds": fit_seconds}
 
 
@@ -307,9 +307,7 @@ def training_rows(pool: pd.DataFrame, max_per_label: int | None, seed: int) -> p
     """Every labelled row, or at most `max_per_label` per label (a deterministic sample by seed)."""
     if max_per_label is None:
         return pool.reset_index(drop=True)
-    parts = [rows.sample(n=min(len(rows), max_per_label), random_state=seed)
-             for _, rows in pool.groupby("label", sort=True)]
-    return pd.concat(parts).reset_index(drop=True)
+    return sample_support(pool, max_per_label, seed)
 
 
 def short_label_warnings(pool: pd.DataFrame, k: int) -> list[str]:
@@ -376,22 +374,25 @@ def model_embeddings(predictor, texts: list[str], params: Params, root: Path) ->
 
 def model_predictions(predictor, texts: list[str], params: Params, root: Path) -> list[str]:
     """A model's labels for texts."""
-    vectors = model_embeddings(predictor, texts, params, root)
+    return labels_of(predictor, model_embeddings(predictor, texts, params, root))
+
+
+def labels_of(predictor, vectors: np.ndarray) -> list[str]:
+    """The predictor's labels for embeddings it reads (model_embeddings)."""
     return [predictor.labels[i] for i in predictor.predict_proba_embeddings(vectors).argmax(1)]
 
 
-def zero_shot_predictions(head, encoder, texts: list[str], labels: list[str], descriptions: dict[str, str],
-                          params: Params, root: Path) -> list[str]:
+def zero_shot_predictions(head, encoder, vectors: np.ndarray, labels: list[str], descriptions: dict[str, str],
+                          params: Params) -> list[str]:
     """The zero-shot baseline on the same rows: what `k: 0` would ship (label descriptions, or names, as prototypes
-    in the meta-trained head's space)."""
+    in the meta-trained head's space), for rows embedded by the same `encoder`."""
     import torch
 
     from components.learner import label_prompt
     from components.meta import zero_shot
 
     prompts = torch.as_tensor(encoder.encode([label_prompt(l, descriptions) for l in labels], params.encoder.batch_size))
-    rows = torch.as_tensor(embed(texts, params, root, encoder))
-    return zero_shot(head, prompts, labels).predict(head, rows)
+    return zero_shot(head, prompts, labels).predict(head, torch.as_tensor(vectors))
 
 
 def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
@@ -410,24 +411,25 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     paths = StagePaths(root, domain)
     config = params.domain(domain)
     evaluation = pd.read_parquet(paths.prepared / "eval.parquet")
-    pool_labels = pd.read_parquet(paths.prepared / "adapt.parquet", columns=["label"])["label"].tolist()
+    pool = pd.read_parquet(paths.prepared / "adapt.parquet")
     predictor = Predictor.from_directory(paths.candidate)
     meta_head = load_learner(paths.meta_dir, params)[0]
     texts, truth, labels = evaluation["text"].tolist(), evaluation["label"].tolist(), predictor.labels
     started = time.perf_counter()
-    predicted = model_predictions(predictor, texts, params, root)
+    vectors = model_embeddings(predictor, texts, params, root)   # once: the model, zero-shot and K-shot read them
+    predicted = labels_of(predictor, vectors)
     seconds = time.perf_counter() - started
     info = _read_json(paths.models / "adapt_info.json")
-    majority = majority_label(pool_labels)
+    majority = majority_label(pool["label"].tolist())
     metrics = {**scores(truth, predicted), **baseline_row("majority", truth, [majority] * len(truth)),
-               **baseline_row("zero_shot", truth, zero_shot_predictions(meta_head, predictor.encoder, texts, labels,
-                                                                         config.label_descriptions, params, root)),
+               **baseline_row("zero_shot", truth, zero_shot_predictions(meta_head, predictor.encoder, vectors, labels,
+                                                                         config.label_descriptions, params)),
                "eval_rows": len(truth), "n_labels": len(labels), "k": config.k, "train_rows": info["support_rows"],
                "adapt_seconds": info["adapt_seconds"], "adapt_total_seconds": info["adapt_total_seconds"],
                "predict_texts_per_second": len(truth) / max(seconds, 1e-9)}
     metrics["beats_majority"] = float(metrics[config.metric] > metrics[f"majority_{config.metric}"])
     if config.k and predictor.model.scope == "head":   # lora/full would need their encoder for every text
-        metrics.update(few_shot_scores(params, domain, root, evaluation, meta_head))
+        metrics.update(few_shot_scores(params, domain, root, pool, truth, vectors, meta_head))
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     skipped = not_evaluated(labels, truth)
     _write_json(paths.report("metrics"), metrics)

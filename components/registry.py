@@ -209,10 +209,15 @@ def verify_registered_version(name: str, version: int) -> None:
 
 def champion_model_dir(domain: str, version: int, config: RegistryConfig, root: Path, destination: Path) -> Path:
     """A domain's registered version's model directory, downloaded from the project's store under `destination`."""
-    uri = tracking_uri(config, root)
-    mlflow.set_tracking_uri(uri)     # models:/ URIs resolve through the global registry URI
-    mlflow.set_registry_uri(uri)
+    _point_mlflow_at(config, root)     # models:/ URIs resolve through the global registry URI
     return download_model_dir(registered_name(domain), version, destination)
+
+
+def _point_mlflow_at(config: RegistryConfig, root: Path) -> None:
+    """Make the project store MLflow's global tracking and registry URI (what models:/ URIs resolve through)."""
+    uri = tracking_uri(config, root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def download_model_dir(name: str, version: int, destination: Path) -> Path:
@@ -497,7 +502,5 @@ def load_champion(domain: str, config: RegistryConfig, root: Path) -> mlflow.pyf
         raise LookupError(f"domain {domain!r} has no champion in the registry "
                           f"({redact_uri(tracking_uri(config, root))}); "
                           f"register a model first")
-    uri = tracking_uri(config, root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _point_mlflow_at(config, root)
     return mlflow.pyfunc.load_model(f"models:/{registered_name(domain)}@{CHAMPION}")

@@ -39,7 +39,7 @@ def check_name(kind: str, value: object) -> str:
     return value
 
 
-def _control_characters(value: str) -> list[str]:
+def control_characters(value: str) -> list[str]:
     """Unicode category C* (control, format, unassigned, private use, surrogates), as escapes for the message."""
     return sorted({repr(c)[1:-1] for c in value if unicodedata.category(c).startswith("C")})
 
@@ -54,7 +54,7 @@ def check_label(value: object, kind: str = "label") -> str:
     if len(stripped) > MAX_LABEL_CHARS:
         raise UnsafeInputError(f"{kind} {stripped[:40]!r}... has {len(stripped)} characters; at most "
                                f"{MAX_LABEL_CHARS} are allowed")
-    bad = _control_characters(stripped)
+    bad = control_characters(stripped)
     if bad:
         raise UnsafeInputError(f"{kind} {stripped!r} contains control characters {bad}; remove them")
     return stripped
@@ -63,7 +63,7 @@ def check_label(value: object, kind: str = "label") -> str:
 def check_relative_path(name: str | Path, base: str | Path = "its base directory") -> Path:
     """A relative path that cannot leave its base lexically: not empty or absolute, no ``..``, no control chars."""
     text = str(name)
-    if not text or _control_characters(text):
+    if not text or control_characters(text):
         raise UnsafeInputError(f"path {text!r} is empty or contains control characters")
     relative = Path(text)
     if relative.is_absolute() or text.startswith("~"):

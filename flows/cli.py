@@ -23,6 +23,7 @@ import click
 import typer
 
 from components.config import PROJECT_ROOT, ConfigError, load_params
+from components.safety import control_characters
 from flows.env import configure_environment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -50,11 +51,6 @@ def _setup(debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV,
 
 class UnsafeFileName(ValueError):
     """A path argument whose name has control characters (they would reach terminals and logs raw)."""
-
-
-def control_characters(text: str) -> list[str]:
-    """Unicode category C* characters of `text` (ESC, newline, bidi overrides...), as escapes."""
-    return sorted({repr(c)[1:-1] for c in text if unicodedata.category(c).startswith("C")})
 
 
 def printable(text: str) -> str:

@@ -18,7 +18,6 @@ import json
 import shutil
 import tempfile
 import time
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +26,7 @@ from prefect.events import emit_event
 
 from components.batches import store_batch
 from components.config import PROJECT_ROOT, Params, load_params
+from components.safety import control_characters
 from flows.orchestration import BATCH_ACCEPTED, check_domain, domain_resource, publish, retry_transient_only
 
 BATCH_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -39,13 +39,13 @@ class BatchRefused(ValueError):
 def printable(name: object) -> str:
     """A file name as it may be shown: repr-style escapes for control characters (never raw ESC/newline)."""
     text = str(name)
-    return repr(text)[1:-1] if any(unicodedata.category(c).startswith("C") for c in text) else text
+    return repr(text)[1:-1] if control_characters(text) else text
 
 
 def check_batch_path(file: Path) -> Path:
     """The path as given (not resolved), refused when its name has control characters or it is a symbolic link."""
     file = Path(file)
-    bad = sorted({repr(c)[1:-1] for c in file.name if unicodedata.category(c).startswith("C")})
+    bad = control_characters(file.name)
     if bad:
         raise BatchRefused(f"file name {file.name!r} contains control characters {bad}; rename the file "
                            f"(nothing was read or moved)")

@@ -154,7 +154,7 @@ def main() -> None:
         from flows.pipeline import run_stage_in_process
 
         for domain in domains:  # whatever code changed since the copied run (e.g. model format) reruns here
-            for stage in ("ingest", "validate", "episodes", "meta_train"):
+            for stage in ("ingest", "validate", "tune_encoder", "episodes", "meta_train"):
                 run_stage_in_process(f"{stage}@{domain}", str(root))
         result["fanout"] = bench_fanout(root, domains, args.workers)
         print(json.dumps(result["fanout"], indent=2))

@@ -35,10 +35,12 @@ class Candidate:
     head: str
     kind: str          # cosine | linear
     setting: float     # fine-tuning steps (cosine) or inverse regularisation C (linear)
+    prompt_rows: int = 0   # copies of each label's description embedding added as training rows
 
     def describe(self) -> str:
         what = f"{int(self.setting)} steps" if self.kind == "cosine" else f"C={self.setting:g}"
-        return f"{self.kind} on {self.head} head, {what}"
+        fused = f", {self.prompt_rows} description rows per label" if self.prompt_rows else ""
+        return f"{self.kind} on {self.head} head, {what}{fused}"
 
 
 # ------------------------------------------------------------------------------------------ building blocks
@@ -111,19 +113,47 @@ def fit_scale(logits: np.ndarray, y: np.ndarray, log_scale_sd: float = 1.0) -> f
 # ----------------------------------------------------------------------------------- cross-validated choice
 
 
-def candidates_for(heads: dict[str, ProjectionHead], config: AdaptConfig, min_count: int) -> list[Candidate]:
-    """Every candidate the data allows, simplest first (ties go to the first)."""
+def candidates_for(heads: dict[str, ProjectionHead], config: AdaptConfig, min_count: int,
+                   prompt_rows: Sequence[int] = (0,)) -> list[Candidate]:
+    """Every candidate the data allows, simplest first (ties go to the first): without description rows first."""
     steps = [0] if config.method == "proto" else sorted(set(config.step_candidates))
-    found = [Candidate(name, "cosine", float(s)) for name in heads for s in steps]
-    if config.method == "auto" and min_count >= config.linear_min_per_label:
-        found += [Candidate(name, "linear", float(c)) for name in heads for c in sorted(config.linear_c)]
+    found = []
+    for rows in prompt_rows:
+        found += [Candidate(name, "cosine", float(s), rows) for name in heads for s in steps]
+        if config.method == "auto" and min_count >= config.linear_min_per_label:
+            found += [Candidate(name, "linear", float(c), rows) for name in heads for c in sorted(config.linear_c)]
     return found
+
+
+def prompt_extras(prompts: torch.Tensor, copies: int, extras: Extras | None) -> Extras | None:
+    """`copies` rows per label of its description embedding (row i of `prompts` = label i), added to the user's
+    extras. Their origins are -1: they are in every CV training fold and never held out (they are not data)."""
+    if copies == 0:
+        return extras
+    n = len(prompts)
+    rows = Extras(prompts.repeat(copies, 1), torch.arange(n, device=prompts.device).repeat(copies),
+                  np.full((n * copies, 2), -1))
+    if extras is None:
+        return rows
+    return Extras(torch.cat([extras.x, rows.x]), torch.cat([extras.y, rows.y]),
+                  np.concatenate([extras.origins, rows.origins]))
 
 
 def cross_validated_logits(heads: dict[str, ProjectionHead], candidates: list[Candidate], x: torch.Tensor,
                            y: torch.Tensor, n: int, assignment: np.ndarray, config: AdaptConfig,
-                           extras: Extras | None) -> dict[Candidate, np.ndarray]:
+                           extras: Extras | None, prompts: torch.Tensor | None = None) -> dict[Candidate, np.ndarray]:
     """Out-of-fold balanced logits of every candidate for the rows that get held out (assignment >= 0)."""
+    out: dict[Candidate, np.ndarray] = {}
+    for rows in dict.fromkeys(c.prompt_rows for c in candidates):
+        mine = [c for c in candidates if c.prompt_rows == rows]
+        fused = prompt_extras(prompts, rows, extras) if rows else extras
+        out.update(_cross_validated_logits(heads, mine, x, y, n, assignment, config, fused))
+    return {c: out[c] for c in candidates}
+
+
+def _cross_validated_logits(heads: dict[str, ProjectionHead], candidates: list[Candidate], x: torch.Tensor,
+                            y: torch.Tensor, n: int, assignment: np.ndarray, config: AdaptConfig,
+                            extras: Extras | None) -> dict[Candidate, np.ndarray]:
     held_rows = np.flatnonzero(assignment >= 0)
     out = {c: np.zeros((len(held_rows), n), dtype=np.float32) for c in candidates}
     position = {row: i for i, row in enumerate(held_rows)}
@@ -176,9 +206,13 @@ def choose_candidate(oof: dict[Candidate, np.ndarray], y_held: np.ndarray, n: in
 
 def fit_classifier(heads: dict[str, ProjectionHead], x: torch.Tensor, row_labels: Sequence[str],
                    config: AdaptConfig, seed: int, label_order: Sequence[str] | None = None,
-                   extras: Extras | None = None) -> tuple[str, ProjectionHead, CosineClassifier]:
+                   extras: Extras | None = None,
+                   prompts: torch.Tensor | None = None) -> tuple[str, ProjectionHead, CosineClassifier]:
     """Choose (by CV on these rows), calibrate and fit the classifier on every row; the prior stays uniform.
 
+    ``prompts`` (one encoder embedding of each label's description or name, in label order) makes the label
+    descriptions a prior on the classifier: each of ``config.description_rows`` adds that many copies of them as
+    training rows, and CV on the labelled rows decides how much (if any) they are worth beside the data.
     Returns the chosen head's name, the head and the classifier; ``classifier.info`` says what was chosen and why.
     """
     labels = list(label_order) if label_order else sorted(set(row_labels))
@@ -189,10 +223,10 @@ def fit_classifier(heads: dict[str, ProjectionHead], x: torch.Tensor, row_labels
     if missing:
         raise ValueError(f"no labelled row for label(s) {missing}; give at least one per label or use k=0")
     with small_ops_threading():
-        return _fit(heads, x, labels, [labels.index(label) for label in row_labels], config, seed, extras)
+        return _fit(heads, x, labels, [labels.index(label) for label in row_labels], config, seed, extras, prompts)
 
 
-def _fit(heads, x, labels, y_list, config, seed, extras):
+def _fit(heads, x, labels, y_list, config, seed, extras, prompts=None):
     """The body of fit_classifier, inside its threading context."""
     started = time.perf_counter()
     torch.set_flush_denormal(True)   # tiny weights turn subnormal and slow CPU matmuls ~15x (measured)
@@ -200,30 +234,40 @@ def _fit(heads, x, labels, y_list, config, seed, extras):
         head.eval()
     n, y = len(labels), torch.tensor(y_list, device=x.device)
     counts = np.bincount(y_list, minlength=n)
-    candidates = candidates_for(heads, config, int(counts.min()))
+    fusion = sorted(set(config.description_rows) | {0}) if prompts is not None else [0]
+    candidates = candidates_for(heads, config, int(counts.min()), fusion)
     folds = min(config.cv_folds, max(2, int(counts.min())))   # more folds as rows grow: CV of a fit on 80% of the
     assignment = fold_assignment(np.asarray(y_list), folds, seed)   # rows ranks big models fairer than 50% would
     scores, scale, validation = {}, 1.0, None
     if len(candidates) > 1 and (assignment >= 0).any():
-        oof = cross_validated_logits(heads, candidates, x, y, n, assignment, config, extras)
+        oof = cross_validated_logits(heads, candidates, x, y, n, assignment, config, extras, prompts)
         y_held = np.asarray(y_list)[assignment >= 0]
         chosen, scores = choose_candidate(oof, y_held, n)
         if config.calibrate:
             scale = fit_scale(oof[chosen], y_held)
         validation = (oof[chosen] * scale, y_held)
     else:
-        chosen = candidates[0]
+        chosen = _uncrossvalidated_choice(candidates)
     head = heads[chosen.head]
+    extras = prompt_extras(prompts, chosen.prompt_rows, extras) if chosen.prompt_rows else extras
     x_all, y_all = (x, y) if extras is None else (torch.cat([x, extras.x]), torch.cat([y, extras.y]))
     classifier = _final_fit(head, chosen, x_all, y_all, labels, config)
     classifier.scale, classifier.validation = scale, validation
     classifier.info = {"method": chosen.kind, "head": chosen.head, "setting": chosen.setting,
                        "steps": int(chosen.setting) if chosen.kind == "cosine" else 0,
+                       "description_rows": chosen.prompt_rows,
                        "chosen": chosen.describe(), "cv_balanced_accuracy": scores, "scale": scale, "cv_folds": folds,
                        "rows": len(y_list), "rows_per_label": dict(zip(labels, counts.tolist())),
                        "augmented_rows": 0 if extras is None else len(extras.y),
                        "seconds": time.perf_counter() - started}
     return chosen.head, head, classifier
+
+
+def _uncrossvalidated_choice(candidates: list[Candidate]) -> Candidate:
+    """With no row to hold out (one per label): plain prototypes, with the label descriptions as one more row per
+    label when they are given — one example is a noisy prototype, and the description alone scores zero-shot."""
+    fused = sorted({c.prompt_rows for c in candidates} - {0})
+    return next(c for c in candidates if c.prompt_rows == (fused[0] if fused else 0))
 
 
 def _final_fit(head: ProjectionHead, chosen: Candidate, x: torch.Tensor, y: torch.Tensor, labels: list[str],

@@ -91,6 +91,8 @@ class EncoderConfig(_Strict):
     num_threads: int = Field(default=0, ge=0, le=256, description="0 = every core while encoding")
     quantize: Literal["none", "int8"] = Field(
         default="none", description="int8: dynamic int8 Linear layers for inference on a CPU (benchmarks/throughput.py)")
+    tuned: str | None = Field(default=None, description="a tuned-encoder folder (data/cache/encoders/<key>) applied on "
+                              "top of `name`; set by the tune_encoder stage for the stages after it, not in params.yaml")
 
 
 class DomainConfig(_Strict):
@@ -150,6 +152,26 @@ class LoraConfig(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
 
 
+class EncoderTuningConfig(_Strict):
+    """Encoder meta-fine-tuning (components/encoder_tuning.py): once per source set, before the head is meta-trained."""
+
+    scope: Literal["none", "lora", "full"] = Field(
+        default="none", description="none: frozen encoder (the head alone is meta-trained); lora: adapters; full: all")
+    steps: int = Field(default=400, ge=1, le=1_000_000)
+    max_minutes: float | None = Field(default=15.0, gt=0.0, description="wall-time budget; stops early (CPU)")
+    lr: float = Field(default=2e-5, gt=0.0, le=1.0, description="learning rate of the full scope")
+    lora_lr: float = Field(default=5e-4, gt=0.0, le=1.0, description="learning rate of the LoRA adapters")
+    weight_decay: float = Field(default=0.01, ge=0.0, le=1.0)
+    temperature: float = Field(default=0.1, gt=0.0, le=10.0, description="supervised contrastive temperature")
+    labels_per_batch: int = Field(default=16, ge=2, le=1024)
+    rows_per_label: int = Field(default=4, ge=2, le=256)
+    max_length: int = Field(default=48, ge=8, le=512, description="training sequences are cut to this many tokens")
+    max_rows: int | None = Field(default=None, ge=4, description="cap on source rows used (null = the meta pool)")
+    gradient_checkpointing: bool = Field(default=False, description="trades compute for memory (large encoders)")
+    checkpoint_every: int = Field(default=50, ge=0, description="steps between resumable checkpoints; 0 = none")
+    lora: LoraConfig = LoraConfig()
+
+
 class MetaConfig(_Strict):
     algorithm: Literal["protonet", "fomaml", "reptile"] = "protonet"
     scope: Literal["head", "lora", "full"] = "head"
@@ -177,6 +199,8 @@ class AdaptConfig(_Strict):
                                   description="inverse L2 strengths of the logistic-regression candidates")
     linear_min_per_label: int = Field(default=4, ge=1, description="logistic regression is a candidate only when "
                                       "every label has at least this many training rows")
+    description_rows: list[int] = Field(default_factory=lambda: [0, 1, 4], min_length=1, description="label "
+                                        "description (or name) embeddings added as this many rows per label; CV picks")
     calibrate: bool = Field(default=True, description="scale logits to minimise out-of-fold balanced log-loss")
     max_per_label: int | None = Field(default=None, ge=1, description="cap on training rows per label (null = all)")
     prior: Literal["uniform", "pool", "traffic"] = Field(
@@ -300,6 +324,7 @@ class Params(_Strict):
     domains: dict[str, DomainConfig] = Field(min_length=1)
     limits: LimitsConfig = LimitsConfig()
     episodes: EpisodesConfig = EpisodesConfig()
+    encoder_tuning: EncoderTuningConfig = EncoderTuningConfig()
     meta: MetaConfig = MetaConfig()
     adapt: AdaptConfig = AdaptConfig()
     augment: AugmentationConfig = AugmentationConfig()
@@ -307,6 +332,15 @@ class Params(_Strict):
     registry: RegistryConfig = RegistryConfig()
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @model_validator(mode="after")
+    def _one_encoder_training(self) -> Params:
+        """Encoder meta-fine-tuning (its own stage, shared per source set) and a meta-training scope that trains the
+        encoder again per domain would fight over the same weights: one at a time."""
+        if self.encoder_tuning.scope != "none" and self.meta.scope != "head":
+            raise ValueError(f"encoder_tuning.scope is {self.encoder_tuning.scope!r} and meta.scope is "
+                             f"{self.meta.scope!r}: train the encoder in one of them (meta.scope: head with tuning)")
+        return self
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Params:

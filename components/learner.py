@@ -148,9 +148,10 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
             (lambda texts: encoder.encode(texts, params.encoder.batch_size))
         vectors = torch.as_tensor(np.asarray(encode(support["text"].tolist())), device=device)
         extras = support_extras(params, support, vectors, encoder, labels)
+        prompts = torch.as_tensor(encode([label_prompt(label, descriptions) for label in labels]), device=device)
         embedded = time.perf_counter()
         _, head, classifier = fit_classifier(candidate_heads(head, params), vectors, support["label"].tolist(), params.adapt,
-                                             params.seed, label_order=labels, extras=extras)
+                                             params.seed, label_order=labels, extras=extras, prompts=prompts)
         counts = pool_counts or support["label"].value_counts().to_dict()
         traffic = _traffic_probabilities(classifier, head, encoder, traffic_texts, params)
         estimate = estimate_prior(params.domain_prior(domain), [counts.get(label, 0) for label in labels], traffic,
@@ -164,8 +165,8 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     finished = time.perf_counter()
     classifier.weights = classifier.weights.cpu()
     scope = json.loads((meta_dir / "meta.json").read_text(encoding="utf-8"))["scope"]
-    model = AdaptedModel(head.cpu(), classifier, params.encoder.model_dump(), scope, delta,
-                         params.meta.lora.model_dump() if scope == "lora" else None,
+    encoder_config, scope, delta, lora = shipped_encoder(params, scope, delta)
+    model = AdaptedModel(head.cpu(), classifier, encoder_config, scope, delta, lora,
                          {"domain": domain, "k": params.domain(domain).k, "seed": params.seed},
                          support_record(support, labels, descriptions), vectors.detach().cpu())  # rows or prompts
     save_model(model, out_dir)
@@ -173,9 +174,21 @@ def adapt_domain(params: Params, domain: str, meta_dir: Path, support: pd.DataFr
     return {"steps": info.get("steps", 0), "method": info.get("method", "zero_shot"), "chosen": info.get("chosen"),
             "cv_balanced_accuracy": info.get("cv_balanced_accuracy", {}), "head": info.get("head", "meta"),
             "scale": info.get("scale", 1.0), "prior": info.get("prior"), "rows_per_label": info.get("rows_per_label"),
+            "description_rows": info.get("description_rows", 0),
             "augmented_rows": info.get("augmented_rows", 0),
             "adapt_seconds": finished - embedded, "embed_support_seconds": embedded - started,
             "adapt_total_seconds": finished - started, "support_rows": len(support), "labels": len(labels)}
+
+
+def shipped_encoder(params: Params, scope: str, delta: dict | None) -> tuple[dict, str, dict | None, dict | None]:
+    """(encoder settings, scope, delta, LoRA settings) a model ships with, so that it loads anywhere from the base
+    encoder: a tuned encoder (the tune_encoder stage) travels as its own delta, not as a path on this machine."""
+    if not params.encoder.tuned:
+        return params.encoder.model_dump(), scope, delta, params.meta.lora.model_dump() if scope == "lora" else None
+    from components.encoder_tuning import load_tuned
+
+    tuned_scope, lora, tuned_delta, _ = load_tuned(Path(params.encoder.tuned))
+    return params.encoder.model_copy(update={"tuned": None}).model_dump(), tuned_scope, tuned_delta, lora
 
 
 def candidate_heads(head: ProjectionHead, params: Params) -> dict[str, ProjectionHead]:

@@ -5,14 +5,16 @@ One function per ``dvc.yaml`` stage, run as ``python -m components.stages <stage
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -143,6 +145,61 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     for outcome in outcomes.values():
         require_valid(outcome)
     return summary
+
+
+def tune_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+    """Meta-fine-tune the encoder on the domain's sources (encoder_tuning), once per content key; write a pointer.
+
+    The tuned weights live in a content-keyed store (data/cache/encoders/<key>/: base encoder, source rows, settings,
+    seed), so every domain with the same sources reuses one tuning and a rerun with nothing changed costs seconds;
+    a file lock makes concurrent domains (fanout) train it once. The pointer data/prepared/<domain>/encoder.json
+    (a DVC output) is what the later stages depend on; ``with_tuned_encoder`` reads it.
+    """
+    from components.encoder import load_encoder
+    from components.encoder_tuning import (contrastive_tune, describe, load_tuned, save_tuned, source_rows, store_dir,
+                                           tuning_key)
+    from components.locks import file_lock
+    from components.scopes import encoder_delta, prepare_encoder
+
+    paths = StagePaths(root, domain)
+    config = params.encoder_tuning
+    pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
+    if config.scope == "none" or pool.empty:
+        pointer = {"scope": "none", "encoder": params.encoder.name,
+                   "reason": "encoder_tuning.scope is none" if config.scope == "none" else "no meta-training sources"}
+        _write_json(paths.prepared / "encoder.json", pointer)
+        return pointer
+    rows = source_rows(pool, config.max_rows, params.seed)
+    key = tuning_key(params.encoder, rows, config, params.seed)
+    directory = store_dir(root, key)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    started, reused = time.perf_counter(), True
+    with file_lock(directory.parent / f"{key}.lock"):
+        if not (directory / "tuned.json").is_file():
+            reused = False
+            checkpoints = root / "data" / "cache" / "checkpoints" / "encoders" / key
+            encoder = prepare_encoder(load_encoder(params.encoder), config.scope, config.lora)
+            summary = contrastive_tune(encoder, rows, config, params.seed, lambda m: log.info("%s: %s", domain, m),
+                                       checkpoints)
+            save_tuned(directory, config.scope, config.lora.model_dump() if config.scope == "lora" else None,
+                       encoder_delta(encoder, config.scope), summary)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    scope, _, _, summary = load_tuned(directory)
+    pointer = {"scope": scope, "key": key, "directory": str(directory.relative_to(root)), "encoder": params.encoder.name,
+               "reused": reused, "seconds": round(time.perf_counter() - started, 1), "tuning": summary}
+    _write_json(paths.prepared / "encoder.json", pointer)
+    log.info("tune_encoder %s: %s (%s)", domain, describe(summary), "reused" if reused else "trained")
+    return pointer
+
+
+def with_tuned_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -> Params:
+    """Params whose encoder is the domain's tuned one (when its tune_encoder pointer names one), for every stage
+    after tune_encoder: embeddings, caches, meta-training, adaptation and evaluation then all see the same encoder."""
+    pointer = read_json_if_present(StagePaths(root, domain).prepared / "encoder.json")
+    if pointer.get("scope", "none") == "none":
+        return params
+    tuned = params.encoder.model_copy(update={"tuned": str(Path(root) / pointer["directory"])})
+    return params.model_copy(update={"encoder": tuned})
 
 
 def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
@@ -283,7 +340,7 @@ def few_shot_scores(params: Params, domain: str, root: Path, pool: pd.DataFrame,
     import torch
 
     from components.classifier import apply_prior, estimate_prior, fit_classifier
-    from components.learner import candidate_heads
+    from components.learner import candidate_heads, label_prompt
     from components.scoring import scores
 
     config = params.domain(domain)
@@ -291,8 +348,9 @@ def few_shot_scores(params: Params, domain: str, root: Path, pool: pd.DataFrame,
     started = time.perf_counter()
     labels = sorted(pool["label"].unique())
     x = torch.as_tensor(embed(support["text"].tolist(), params, root))
+    prompts = torch.as_tensor(embed([label_prompt(label, config.label_descriptions) for label in labels], params, root))
     _, chosen, classifier = fit_classifier(candidate_heads(head, params), x, support["label"].tolist(), params.adapt,
-                                           params.seed, labels)
+                                           params.seed, labels, prompts=prompts)
     counts = pool["label"].value_counts()
     apply_prior(classifier, estimate_prior("uniform" if params.domain_prior(domain) == "uniform" else "pool",
                                            [int(counts.get(label, 0)) for label in labels], None, params.adapt),
@@ -679,8 +737,18 @@ def _summary_notes(r: dict) -> list[str]:
     return notes
 
 
-DOMAIN_STAGES = {"ingest": ingest, "validate": validate, "episodes": episodes, "meta_train": meta_train,
-                 "adapt": adapt, "evaluate": evaluate, "register": register, "drift": drift}
+def _tuned(stage: Callable[[Params, str, Path], dict]) -> Callable[[Params, str, Path], dict]:
+    """A stage that runs with the domain's tuned encoder (with_tuned_encoder)."""
+    @functools.wraps(stage)
+    def run(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+        return stage(with_tuned_encoder(params, domain, root), domain, root)
+    return run
+
+
+DOMAIN_STAGES = {"ingest": ingest, "validate": validate, "tune_encoder": tune_encoder,
+                 **{name: _tuned(stage) for name, stage in (("episodes", episodes), ("meta_train", meta_train),
+                                                            ("adapt", adapt), ("evaluate", evaluate),
+                                                            ("register", register), ("drift", drift))}}
 
 
 def main(argv: list[str] | None = None) -> int:

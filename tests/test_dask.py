@@ -11,7 +11,7 @@ from components.config import load_params
 from tiny_project import dvc, make_project
 
 DOMAINS = ["reviews", "news"]
-UPSTREAM = ("ingest", "validate", "episodes", "meta_train")
+UPSTREAM = ("ingest", "validate", "tune_encoder", "episodes", "meta_train")
 
 
 def scores(root: Path) -> dict:

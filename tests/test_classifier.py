@@ -160,3 +160,33 @@ def test_weighted_scores_reweight_rows_to_another_label_mix():
     assert plain["accuracy"] == 0.75 and plain["balanced_accuracy"] == 0.75
     skewed = weighted_scores(y, predicted, np.array([9.0, 9.0, 1.0, 1.0]), 2)
     assert skewed["accuracy"] == pytest.approx(11 / 20) and skewed["balanced_accuracy"] == 0.75
+
+
+def centres(n_labels: int, spread: float, dim: int = 16) -> torch.Tensor:
+    return torch.as_tensor(np.random.default_rng(99).normal(0, spread, (n_labels, dim)), dtype=torch.float32)
+
+
+def test_label_descriptions_rescue_one_noisy_example_per_label():
+    """At K=1 there is nothing to cross-validate: the description joins the single example as a second row."""
+    counts = {"a": 1, "b": 1, "c": 1, "d": 1}
+    x, y = gaussian_rows(counts, spread=1.0, seed=3)                   # one noisy row per label
+    test_x, test_y = gaussian_rows({label: 200 for label in counts}, spread=1.0, seed=4)
+    prompts = centres(4, 1.0)                                          # descriptions sit at the true centres
+    _, head, plain = fit_classifier(heads(16), x, y, AdaptConfig(), seed=0)
+    _, fused_head, fused = fit_classifier(heads(16), x, y, AdaptConfig(), seed=0, prompts=prompts)
+    assert plain.info["description_rows"] == 0 and fused.info["description_rows"] == 1
+    assert scores(test_y, fused.predict(fused_head, test_x))["accuracy"] > \
+        scores(test_y, plain.predict(head, test_x))["accuracy"] + 0.05
+
+
+def test_cross_validation_never_takes_misleading_descriptions():
+    x, y = gaussian_rows({"a": 8, "b": 8, "c": 8}, spread=1.0, seed=5)
+    test_x, test_y = gaussian_rows({"a": 300, "b": 300, "c": 300}, spread=1.0, seed=6)
+    good, wrong = centres(3, 1.0), centres(3, 1.0)[[1, 2, 0]]          # wrong: each description names another label
+    _, good_head, helped = fit_classifier(heads(16), x, y, AdaptConfig(), seed=0, prompts=good)
+    _, wrong_head, misled = fit_classifier(heads(16), x, y, AdaptConfig(), seed=0, prompts=wrong)
+    assert misled.info["description_rows"] == 0          # the one-standard-error rule keeps the plain fit
+    _, head, plain = fit_classifier(heads(16), x, y, AdaptConfig(), seed=0)
+    plain_accuracy = scores(test_y, plain.predict(head, test_x))["accuracy"]
+    assert scores(test_y, helped.predict(good_head, test_x))["accuracy"] >= plain_accuracy
+    assert scores(test_y, misled.predict(wrong_head, test_x))["accuracy"] == plain_accuracy

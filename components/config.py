@@ -79,7 +79,8 @@ class DatasetSpec(_Strict):
 class DataConfig(_Strict):
     mirror: str | None = None
     hub_cache_dir: str = "data/cache/hub"
-    max_text_chars: int = Field(default=2000, ge=16, le=100_000)
+    max_text_chars: int = Field(default=100_000, ge=16, le=10_000_000, description="longer texts are refused (absurd "
+                                "sizes only: texts over the encoder window are accepted and counted)")
     min_rows_per_label: int = Field(default=2, ge=1, description="rows per label in each meta-training source")
 
 

@@ -130,19 +130,36 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 
     paths = StagePaths(root, domain)
     tables = {name: pd.read_parquet(paths.prepared / f"{name}.parquet") for name in ("adapt", "eval", "meta_pool")}
+    from components.data_docs import write_data_docs
+    from components.encoder_window import window_counts
+
     runner = SuiteRunner()
     outcomes = validate_domain(params, domain, tables["adapt"], tables["eval"], tables["meta_pool"], runner)
-    docs = runner.build_data_docs(root / params.validation.data_docs_dir / domain)
-    summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "statistics": o.statistics}
-               for name, o in outcomes.items()}
+    window = window_counts(suite_texts(tables), params.encoder.name, params.encoder.max_length)
+    summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "warnings": o.warnings,
+                      "statistics": o.statistics, "encoder_window": window.get(name)} for name, o in outcomes.items()}
+    docs = write_data_docs(root / params.validation.data_docs_dir / domain, domain, outcomes, window)
     _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
                                              "suites": summary, "data_docs": str(docs.relative_to(root.resolve())),
                                              "results": {n: outcome_payload(o)["result"] for n, o in outcomes.items()}})
-    log.info("validate %s: %d suites, %d failed; Data Docs %s", domain, len(outcomes),
-             sum(not o.success for o in outcomes.values()), docs)
+    log.info("validate %s: %d suites, %d failed, %d warnings, %d texts longer than the encoder's %d tokens "
+             "(truncated); Data Docs %s", domain, len(outcomes), sum(not o.success for o in outcomes.values()),
+             sum(len(o.warnings) for o in outcomes.values()), sum(c["truncated"] for c in window.values()),
+             params.encoder.max_length, docs)
     for outcome in outcomes.values():
         require_valid(outcome)
     return summary
+
+
+def suite_texts(tables: dict[str, pd.DataFrame]) -> dict[str, list]:
+    """The texts each suite of validate_domain reads, by the same names (meta sources: original rows only)."""
+    texts = {name: tables[name]["text"].tolist() for name in ("adapt", "eval") if "text" in tables[name]}
+    pool = tables["meta_pool"]
+    if "augmented" in pool.columns:
+        pool = pool[~pool["augmented"].astype(bool)]
+    if len(pool) and "source" in pool.columns:
+        texts.update({f"meta_source.{source}": rows["text"].tolist() for source, rows in pool.groupby("source")})
+    return texts
 
 
 def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:

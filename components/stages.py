@@ -449,14 +449,19 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         metrics.update(few_shot_scores(params, domain, root, pool, truth, vectors, meta_head))
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     skipped = not_evaluated(labels, truth)
+    label_f1 = {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())}
     _write_json(paths.report("metrics"), metrics)
     _write_json(paths.report("confusion"), {
         "labels": labels, "metric": config.metric, "majority_label": majority, "not_evaluated": skipped,
-        "per_label_f1": {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())},
+        "per_label_f1": label_f1,
         "matrix": confusion_matrix(truth, predicted, labels=labels).tolist(), "warnings": info.get("warnings", []),
         "method": info.get("chosen"), "prior": info.get("prior")})
     pd.DataFrame({"text": texts, "label": truth, "predicted": predicted}).to_parquet(
         paths.prepared / "eval_predictions.parquet", index=False)
+    from components.plot_data import write_evaluation_plots
+
+    write_evaluation_plots(root, domain, truth, predicted, label_f1,
+                           read_json_if_present(paths.meta_dir / "meta.json"))   # `dvc plots show`
     log.info("evaluate %s: accuracy %.4f macro-F1 %.4f balanced %.4f on %d rows (majority %.4f / %.4f, zero-shot "
              "%.4f / %.4f)", domain, metrics["accuracy"], metrics["macro_f1"], metrics["balanced_accuracy"],
              len(truth), metrics["majority_accuracy"], metrics["majority_macro_f1"], metrics["zero_shot_accuracy"],
@@ -501,6 +506,10 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         config=params.registry, root=root, gate_metric=metric, evidence=evidence)
     payload = result.to_dict()
     _write_json(paths.report("registry"), payload)
+    from components.plot_data import write_champion_history
+    from components.registry import version_history
+
+    write_champion_history(root, domain, version_history(domain, params.registry, root), metric)
     log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)
     return payload
 

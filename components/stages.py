@@ -481,6 +481,7 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     whether this is a `dvc exp run` (registered as an experiment, never champion).
     """
     from components.registry import register_domain_model
+    from components.run_context import trigger_tags
     from components.safety import redact_secrets
 
     paths = StagePaths(root, domain)
@@ -499,7 +500,8 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
               "method": str(info.get("chosen")), "prior": str((info.get("prior") or {}).get("source")),
               "class_prior": json.dumps((info.get("prior") or {}).get("prior")),
               "prior_strength": str((info.get("prior") or {}).get("strength")),
-              "warnings": "; ".join(info.get("warnings", [])) or "none"},
+              "warnings": "; ".join(info.get("warnings", [])) or "none",
+              **trigger_tags(manifest, info.get("support_rows"))},   # why this run happened, from what
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
                    "adapt_info.json": paths.models / "adapt_info.json"},

@@ -100,7 +100,9 @@ def respond_to_drift(domain: str, root: str = str(PROJECT_ROOT), reasons_text: s
     if waiting:
         from flows.adaptation import adapt_domain
 
-        outcome = adapt_domain(domain, root, reason=f"drift detected; {len(waiting)} labelled batch(es) waiting")
+        outcome = adapt_domain(domain, root, trigger="drift",
+                               reason=f"drift detected ({report or 'no report'}); {len(waiting)} labelled batch(es) "
+                                      f"waiting")
         return {"action": "adapted", "outcome": outcome}
     publish(alert_markdown(domain, reasons_text, report), "drift-alert", domain,
             f"drift in {domain} with no labelled data waiting")

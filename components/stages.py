@@ -602,26 +602,20 @@ def candidate_label_shift(params: Params, root: Path, paths: StagePaths, current
 
 
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
-    """Per-domain results table: reports/summary.md and reports/summary.json."""
+    """Per-domain results table: reports/summary.md and reports/summary.json (components.summary_report)."""
+    from components.summary_report import caps_text, domain_status, registry_champion, render_summary, summary_row
+
     rows = []
     run_status = read_json_if_present(root / "reports" / "run_status.json")
     for domain in params.domains:
         paths = StagePaths(root, domain)
-        if run_status.get(domain, {}).get("status") == "failed":
-            rows.append({"domain": domain, "status": f"failed at {run_status[domain]['failed_stage']}"})
-            continue
-        metrics = read_json_if_present(paths.report("metrics"))
-        registry = read_json_if_present(paths.report("registry"))
-        drift_info = read_json_if_present(paths.report("drift"))
-        details = read_json_if_present(paths.report("confusion"))
-        status = "ok" if metrics else ("not run" if domain not in run_status and not registry else "failed")
-        rows.append({"domain": domain, "status": status, **metrics, "metric": params.domain(domain).metric,
-                     "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
-                     "champion_version": registry.get("champion_version"), "gate_reason": registry.get("reason"),
-                     "method": details.get("method"), "prior": (details.get("prior") or {}).get("source"),
-                     "warnings": details.get("warnings", []), "not_evaluated": details.get("not_evaluated", []),
-                     "drift_detected": drift_info.get("dataset_drift")})
-    caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
+        reports = {kind: read_json_if_present(paths.report(kind)) for kind in ("metrics", "registry", "drift",
+                                                                              "confusion")}
+        status = domain_status(domain, reports["metrics"], run_status)
+        if status.startswith("failed"):   # a failed domain's old metrics must not read as this run's
+            reports = {kind: {} for kind in reports}
+        rows.append(summary_row(domain, params, reports, status, registry_champion(params, root, domain)))
+    caps = caps_text(params)
     timings = read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
     payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "stage_seconds": timings,
                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -658,53 +652,6 @@ def render_timings(timings: dict[str, dict[str, float]]) -> str:
         cells = [f"{per_stage[s]:.1f}" if s in per_stage else "" for s in stages]
         lines.append(f"| {domain} | " + " | ".join(cells) + f" | {sum(per_stage.values()):.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
-    """The results table, each number beside its majority-class and zero-shot baselines on the same rows, then
-    what a reader must act on: domains below the majority class, warnings, labels not evaluated, gate decisions."""
-    header = ("| domain | status | accuracy (majority / zero-shot) | macro-F1 (majority / zero-shot) | balanced acc. "
-              "| beats majority | rows (K) | labels | eval rows | method · prior | adapt s (total) | version → champion "
-              "| drift |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines, notes = [], []
-    for r in rows:
-        if r["status"] != "ok":
-            lines.append(f"| {r['domain']} | {r['status']} |" + " |" * 11)
-            continue
-        lines.append(_summary_line(r))
-        notes += _summary_notes(r)
-    text = f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
-    return text + ("\n" + "\n".join(f"- {note}" for note in notes) + "\n" if notes else "")
-
-
-def _summary_line(r: dict) -> str:
-    def triple(metric: str) -> str:
-        return (f"{r[metric]:.3f} ({r.get(f'majority_{metric}', float('nan')):.3f} / "
-                f"{r.get(f'zero_shot_{metric}', float('nan')):.3f})")
-
-    beats = "yes" if r.get("beats_majority", 1.0) else f"**NO** ({r['metric']})"
-    champion = r.get("champion_version") or r["registered_version"]
-    return (f"| {r['domain']} | ok | {triple('accuracy')} | {triple('macro_f1')} | {r.get('balanced_accuracy', float('nan')):.3f} "
-            f"| {beats} | {r.get('train_rows', '')} ({r['k']}) | {r['n_labels']} | {r['eval_rows']} "
-            f"| {r.get('method') or ''} · {r.get('prior') or 'uniform'} "
-            f"| {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
-            f"| v{r['registered_version']} → v{champion}{' (promoted)' if r['promoted'] else ''} "
-            f"| {r['drift_detected']} |")
-
-
-def _summary_notes(r: dict) -> list[str]:
-    """Lines under the table: what needs a person's attention for this domain."""
-    notes = []
-    if not r.get("beats_majority", 1.0):
-        notes.append(f"**{r['domain']}: does not beat always answering the majority class on {r['metric']}** "
-                     f"({r[r['metric']]:.3f} vs {r.get('majority_' + r['metric'], float('nan')):.3f}); it is never "
-                     f"promoted over a champion that does")
-    notes += [f"{r['domain']}: {warning}" for warning in r.get("warnings", [])]
-    if r.get("not_evaluated"):
-        notes.append(f"{r['domain']}: not evaluated (no row in the evaluation split): {', '.join(r['not_evaluated'])}")
-    if r.get("gate_reason"):
-        notes.append(f"{r['domain']} gate: {r['gate_reason']}")
-    return notes
 
 
 DOMAIN_STAGES = {"ingest": ingest, "validate": validate, "episodes": episodes, "meta_train": meta_train,

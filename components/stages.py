@@ -582,6 +582,13 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                            embedding_alpha=params.drift.embedding_alpha, column_alpha=params.drift.column_alpha)
     payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "prior": candidate_label_shift(params, root, paths, current)}
+    from components.report_header import ReportContext, insert_header, render_header
+
+    context = ReportContext(domain, "this run's candidate (models/<domain>/candidate)",
+                            f"{len(current)} rows of the held-out split", f"adaptation pool ({len(reference)} rows)",
+                            payload["created_at"], "../index.html", kind="pipeline", prior=payload["prior"])
+    insert_header(paths.report("drift", ".html"), render_header(context, payload, summary.dataset_drift,
+                                                                summary.reasons or []))
     _write_json(paths.report("drift"), payload)
     log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
              summary.drifted_share, summary.html_path)

@@ -293,6 +293,15 @@ class OrchestrationConfig(_Strict):
     lock_timeout_seconds: float = Field(default=3600.0, gt=0.0, description="wait for a domain's running adaptation")
 
 
+class MonitoringConfig(_Strict):
+    """Scheduled monitoring's alerting and report storage (components.monitor_state): one alert per incident."""
+
+    alert_quiet_hours: float = Field(default=24.0, ge=0.0, description="an open incident with the same drifted "
+                                     "signals is alerted again only after this many hours (0 = every drifted batch)")
+    keep_reports_per_domain: int = Field(default=50, ge=1, description="newest monitor report folders kept under "
+                                         "reports/drift/<domain>/; older ones are deleted (their copies stay in MLflow)")
+
+
 class Params(_Strict):
     seed: int = Field(default=13, ge=0)
     data: DataConfig = DataConfig()
@@ -308,6 +317,7 @@ class Params(_Strict):
     registry: RegistryConfig = RegistryConfig()
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Params:

@@ -97,7 +97,12 @@ def monitor_batch(domain: str, current: pd.DataFrame, params: Params, root: Path
                "n_reference": len(reference), "n_current": len(current), "html": REPORT_HTML}
     result.json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     _log_to_mlflow(result, payload, params, root)
+    from components.monitor_state import prune_reports
     from components.report_index import write_index
+
+    for pruned in prune_reports(root, domain, params.monitoring.keep_reports_per_domain):   # copies stay in MLflow
+        log.info("monitor %s: pruned %s (monitoring.keep_reports_per_domain=%d)", domain, pruned.name,
+                 params.monitoring.keep_reports_per_domain)
 
     write_index(root)
     log.info("monitor %s (%s): drift %s %s", domain, source, result.drift_detected, result.reasons)

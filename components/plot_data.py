@@ -44,9 +44,12 @@ def write_evaluation_plots(root: Path, domain: str, truth: Sequence[str], predic
             write_csv(folder / "learning_curve.csv", ("epoch", "val_episode_accuracy", "train_loss"), curve)]
 
 
-def write_champion_history(root: Path, domain: str, history: list[dict[str, Any]], metric: str) -> Path:
-    """champion_history.csv: every registered version's gate metric and whether it was promoted."""
-    rows = [(r["version"], r.get("registered_at") or "", "" if r.get(metric) is None else round(r[metric], 4),
+def write_champion_history(root: Path, domain: str, history: list[dict[str, Any]]) -> Path:
+    """champion_history.csv: every registered version's macro-F1 and accuracy, and whether it was promoted."""
+    def number(value: float | None) -> Any:
+        return "" if value is None else round(value, 4)
+
+    rows = [(r["version"], r.get("registered_at") or "", number(r.get("macro_f1")), number(r.get("accuracy")),
              str(bool(r.get("promoted"))).lower()) for r in history]
-    return write_csv(plot_dir(root, domain) / "champion_history.csv", ("version", "registered_at", metric, "promoted"),
-                     rows)
+    return write_csv(plot_dir(root, domain) / "champion_history.csv",
+                     ("version", "registered_at", "macro_f1", "accuracy", "promoted"), rows)

@@ -450,7 +450,9 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     skipped = not_evaluated(labels, truth)
     label_f1 = {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())}
-    _write_json(paths.report("metrics"), metrics)
+    quality, speed = split_timings(metrics)
+    _write_json(paths.report("metrics"), quality)   # `dvc metrics diff`: what the model scores
+    _write_json(paths.report("speed"), speed)       # how long it took: changes on every run, kept out of that diff
     _write_json(paths.report("confusion"), {
         "labels": labels, "metric": config.metric, "majority_label": majority, "not_evaluated": skipped,
         "per_label_f1": label_f1,
@@ -473,6 +475,13 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return metrics
 
 
+def split_timings(metrics: dict) -> tuple[dict, dict]:
+    """(quality metrics, timings): seconds and rates change on every run, and would make `dvc metrics diff` report
+    an untouched domain as changed."""
+    timing = {k: v for k, v in metrics.items() if k.endswith(("_seconds", "_per_second"))}
+    return {k: v for k, v in metrics.items() if k not in timing}, timing
+
+
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
@@ -485,7 +494,7 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     from components.safety import redact_secrets
 
     paths = StagePaths(root, domain)
-    metrics = _read_json(paths.report("metrics"))
+    metrics = {**_read_json(paths.report("metrics")), **read_json_if_present(paths.report("speed"))}   # both to MLflow
     manifest = _read_json(paths.prepared / "manifest.json")
     info = _read_json(paths.models / "adapt_info.json")
     metric = params.domain(domain).metric
@@ -503,6 +512,7 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
               "warnings": "; ".join(info.get("warnings", [])) or "none",
               **trigger_tags(manifest, info.get("support_rows"))},   # why this run happened, from what
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
+                   **({"speed.json": paths.report("speed")} if paths.report("speed").is_file() else {}),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
                    "adapt_info.json": paths.models / "adapt_info.json"},
         config=params.registry, root=root, gate_metric=metric, evidence=evidence)
@@ -511,7 +521,7 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     from components.plot_data import write_champion_history
     from components.registry import version_history
 
-    write_champion_history(root, domain, version_history(domain, params.registry, root), metric)
+    write_champion_history(root, domain, version_history(domain, params.registry, root))   # `dvc plots show`
     log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)
     return payload
 

@@ -110,8 +110,8 @@ def _advice_keys(summary: dict[str, Any], quality: dict[str, Any] | None, prior:
 def render_header(context: ReportContext, summary: dict[str, Any], drift: bool, reasons: list[str]) -> str:
     """The header section (HTML string)."""
     e = html.escape
-    verdict = ("DRIFT — the batch differs from the reference beyond the thresholds in params.yaml (`drift:`)"
-               if drift else "No drift — every signal is within the thresholds in params.yaml (`drift:`)")
+    verdict = ("DRIFT — the batch differs from the reference beyond the thresholds in params.yaml (drift:)"
+               if drift else "No drift — every signal is within the thresholds in params.yaml (drift:)")
     if context.kind == "pipeline":
         verdict += " · this is the pipeline's check of the held-out split against the adaptation pool"
     rows = "".join(

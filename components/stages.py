@@ -579,6 +579,7 @@ def champion_staleness(champion: dict, champion_labels: list[str], candidate_lab
 def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Evidently report: the domain's adaptation pool (reference) against a batch of its held-out data (current)."""
     from components.drift import drift_report
+    from components.monitoring import prior_reason
 
     paths = StagePaths(root, domain)
     reference = pd.read_parquet(paths.prepared / "adapt.parquet")
@@ -590,17 +591,19 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                            html_path=paths.report("drift", ".html"), drift_share=params.drift.drift_share,
                            max_embedding_dims=params.drift.max_embedding_dims,
                            embedding_alpha=params.drift.embedding_alpha, column_alpha=params.drift.column_alpha)
+    prior = candidate_label_shift(params, root, paths, current)
+    reasons = list(summary.reasons or []) + ([prior_reason(prior)] if prior and prior["fired"] else [])
     payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "prior": candidate_label_shift(params, root, paths, current)}
+               "prior": prior, "reasons": reasons,   # the verdict counts label shift, as `metaadapt monitor` does
+               "drift_detected": bool(summary.dataset_drift or (prior and prior["fired"]))}
     from components.report_header import ReportContext, insert_header, render_header
 
-    context = ReportContext(domain, "this run's candidate (models/<domain>/candidate)",
+    context = ReportContext(domain, f"this run's candidate (models/{domain}/candidate)",
                             f"{len(current)} rows of the held-out split", f"adaptation pool ({len(reference)} rows)",
-                            payload["created_at"], "../index.html", kind="pipeline", prior=payload["prior"])
-    insert_header(paths.report("drift", ".html"), render_header(context, payload, summary.dataset_drift,
-                                                                summary.reasons or []))
+                            payload["created_at"], "../index.html", kind="pipeline", prior=prior)
+    insert_header(paths.report("drift", ".html"), render_header(context, payload, payload["drift_detected"], reasons))
     _write_json(paths.report("drift"), payload)
-    log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
+    log.info("drift %s: drift %s (descriptor share %.2f), report %s", domain, payload["drift_detected"],
              summary.drifted_share, summary.html_path)
     return payload
 

@@ -56,7 +56,7 @@ def summary_row(domain: str, params: Params, reports: dict[str, dict], status: s
             "champion_metric": champion["metric"] if champion else None,
             "method": details.get("method"), "prior": (details.get("prior") or {}).get("source"),
             "warnings": details.get("warnings", []), "not_evaluated": details.get("not_evaluated", []),
-            "drift_detected": reports["drift"].get("dataset_drift"),
+            "drift_detected": reports["drift"].get("drift_detected", reports["drift"].get("dataset_drift")),
             "drift_reasons": reports["drift"].get("reasons") or []}
 
 

@@ -68,7 +68,7 @@ def adaptation_markdown(domain: str, outcome: dict, mlflow_uri: str) -> str:
               f"on {metrics.get('eval_rows')} held-out rows",
               f"- MLflow run `{registry.get('run_id')}` in `{mlflow_uri}` "
               f"(model `models:/{registry.get('name')}/{registry.get('version')}`)",
-              f"- drift report: `{outcome['drift_html']}` (dataset drift: {drift.get('dataset_drift')})"]
+              f"- drift report: `{outcome['drift_html']}` (drift: {drift.get('drift_detected', drift.get('dataset_drift'))})"]
     return "\n".join(lines) + "\n"
 
 

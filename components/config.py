@@ -79,7 +79,8 @@ class DatasetSpec(_Strict):
 class DataConfig(_Strict):
     mirror: str | None = None
     hub_cache_dir: str = "data/cache/hub"
-    max_text_chars: int = Field(default=2000, ge=16, le=100_000)
+    max_text_chars: int = Field(default=100_000, ge=16, le=10_000_000, description="longer texts are refused (absurd "
+                                "sizes only: texts over the encoder window are accepted and counted)")
     min_rows_per_label: int = Field(default=2, ge=1, description="rows per label in each meta-training source")
 
 
@@ -336,6 +337,15 @@ class OrchestrationConfig(_Strict):
     lock_timeout_seconds: float = Field(default=3600.0, gt=0.0, description="wait for a domain's running adaptation")
 
 
+class MonitoringConfig(_Strict):
+    """Scheduled monitoring's alerting and report storage (components.monitor_state): one alert per incident."""
+
+    alert_quiet_hours: float = Field(default=24.0, ge=0.0, description="an open incident with the same drifted "
+                                     "signals is alerted again only after this many hours (0 = every drifted batch)")
+    keep_reports_per_domain: int = Field(default=50, ge=1, description="newest monitor report folders kept under "
+                                         "reports/drift/<domain>/; older ones are deleted (their copies stay in MLflow)")
+
+
 class Params(_Strict):
     seed: int = Field(default=13, ge=0)
     data: DataConfig = DataConfig()
@@ -352,6 +362,7 @@ class Params(_Strict):
     registry: RegistryConfig = RegistryConfig()
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _one_encoder_training(self) -> Params:

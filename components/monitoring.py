@@ -84,13 +84,25 @@ def monitor_batch(domain: str, current: pd.DataFrame, params: Params, root: Path
         append_prior_section(directory / REPORT_HTML, prior)
     quality = _quality(current, champion, params.drift.max_quality_drop)
     result = _decide(domain, summary, quality, prior, params, directory, created)
+    from components.report_header import ReportContext, insert_header, render_header
+
+    context = ReportContext(domain, f"champion v{champion.version}" if champion else "no champion in the registry",
+                            f"{source} ({len(current)} rows)", f"adaptation pool ({len(reference)} rows)",
+                            result.created_at, "../../../index.html", quality=quality, prior=prior, skipped=skipped)
+    insert_header(directory / REPORT_HTML, render_header(context, summary.to_dict(), result.drift_detected,
+                                                         result.reasons))
     payload = {**result.to_dict(), "source": source, "kind": "monitor", "champion_version":
                champion.version if champion else None, "skipped": skipped, "quality": quality, "prior": prior,
                "drift": summary.to_dict(), "thresholds": params.drift.model_dump(),
                "n_reference": len(reference), "n_current": len(current), "html": REPORT_HTML}
     result.json_path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     _log_to_mlflow(result, payload, params, root)
+    from components.monitor_state import prune_reports
     from components.report_index import write_index
+
+    for pruned in prune_reports(root, domain, params.monitoring.keep_reports_per_domain):   # copies stay in MLflow
+        log.info("monitor %s: pruned %s (monitoring.keep_reports_per_domain=%d)", domain, pruned.name,
+                 params.monitoring.keep_reports_per_domain)
 
     write_index(root)
     log.info("monitor %s (%s): drift %s %s", domain, source, result.drift_detected, result.reasons)

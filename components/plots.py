@@ -36,7 +36,7 @@ def accuracy_vs_k(fewshot_json: Path, out_png: Path, method: str = "metaadapt") 
         ks, acc, ci = zip(*points)
         ax.errorbar(ks, acc, yerr=ci, marker="o", capsize=3, label=domain)
     ax.set(xlabel="K (examples per label; 0 = zero-shot)", ylabel="accuracy on the held-out split (%)",
-           title=f"{method}: accuracy against K")
+           title=f"Few-shot benchmark (benchmarks/fewshot.py), not this run: {method}")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, plt, out_png)
@@ -73,6 +73,42 @@ def champion_history(histories: dict[str, list[dict[str, Any]]], out_png: Path,
     return _save(fig, plt, out_png)
 
 
+def confusion_and_f1(confusion: dict[str, Any], domain: str, out_png: Path, max_labels: int = 30) -> Path | None:
+    """This run's confusion matrix (row-normalised) beside its per-label F1, from reports/confusion/<domain>.json.
+
+    More than `max_labels` labels (banking77 has 77) would be unreadable as a matrix: then only the F1 bars of the
+    `max_labels` worst labels are drawn, which is what a reader acts on.
+    """
+    import numpy as np
+
+    labels, matrix = confusion.get("labels") or [], np.asarray(confusion.get("matrix") or [], dtype=float)
+    f1 = {label: value for label, value in (confusion.get("per_label_f1") or {}).items() if value is not None}
+    if not labels or matrix.size == 0:
+        return None
+    plt = _pyplot()
+    worst = sorted(f1, key=f1.get)[:max_labels]
+    if len(labels) <= max_labels:
+        fig, (ax_matrix, ax_f1) = plt.subplots(1, 2, figsize=(10, 4 + 0.15 * len(labels)))
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax_matrix.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ax_matrix.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true label",
+                      title=f"{domain}: confusion (share of each true label)")
+        ax_matrix.set_xticklabels(labels, rotation=45, ha="right")
+        ax_matrix.set_yticklabels(labels)
+        for (i, j), value in np.ndenumerate(matrix):
+            ax_matrix.text(j, i, int(value), ha="center", va="center", fontsize=8,
+                           color="white" if shares[i, j] > 0.5 else "black")
+    else:
+        fig, ax_f1 = plt.subplots(figsize=(7, 2 + 0.22 * len(worst)))
+    ax_f1.barh(worst, [f1[label] for label in worst], color="#4c72b0")
+    ax_f1.set(xlim=(0, 1), xlabel="F1 on the held-out split",
+              title=f"{domain}: per-label F1" + (f" ({len(worst)} lowest of {len(labels)})" if len(labels) > len(worst)
+                                                 else ""))
+    ax_f1.invert_yaxis()
+    ax_f1.grid(alpha=0.3, axis="x")
+    return _save(fig, plt, out_png)
+
+
 def _save(fig, plt, out_png: Path) -> Path:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +119,10 @@ def _save(fig, plt, out_png: Path) -> Path:
 
 
 def summary_plots(params: Any, root: Path) -> str:
-    """Render both plots under reports/plots/ and return the markdown that embeds them in reports/summary.md.
+    """Render the plots under reports/plots/ and return the markdown that embeds them in reports/summary.md.
 
+    This run's results first (each domain's confusion matrix and per-label F1, from reports/confusion/), then the
+    registry's history, then the committed few-shot benchmark, labelled as such: it is not recomputed by a run.
     The champion history reads the project's MLflow store only when it exists (or a tracking URI is configured):
     a summary must not create an empty registry as a side effect.
     """
@@ -92,17 +130,25 @@ def summary_plots(params: Any, root: Path) -> str:
 
     reports = Path(root) / "reports"
     (reports / "plots").mkdir(parents=True, exist_ok=True)   # a DVC output of the summary stage, even when empty
-    sections = ["", "## Plots", ""]
-    accuracy = accuracy_vs_k(Path(root) / "benchmarks" / "results" / "fewshot.json", reports / "plots" / "accuracy_vs_k.png")
+    sections = ["", "## Plots", "", "### This run: confusion and per-label F1 (held-out split)", ""]
+    for domain in params.domains:
+        confusion_file = reports / "confusion" / f"{domain}.json"
+        path = (confusion_and_f1(json.loads(confusion_file.read_text(encoding="utf-8")), domain,
+                                 reports / "plots" / f"confusion_{domain}.png") if confusion_file.is_file() else None)
+        sections += [f"![{domain}: confusion and per-label F1 of this run]({path.relative_to(reports).as_posix()})"
+                     if path else f"{domain}: no evaluation results (not run).", ""]
     store = Path(root) / "mlruns" / "mlflow.db"
     histories = ({d: version_history(d, params.registry, root) for d in params.domains}
                  if params.registry.tracking_uri or store.is_file() else {})
     history = champion_history(histories, reports / "plots" / "champion_history.png")
-    for title, path, missing in (("Accuracy against K (few-shot benchmark)", accuracy,
-                                  "no benchmark results yet (`python benchmarks/fewshot.py`)"),
-                                 ("Adaptation history: macro-F1 of every registered version", history,
-                                  "no registered versions yet")):
-        sections.append(f"![{title}]({path.relative_to(reports).as_posix()})" if path else f"{title}: {missing}.")
-        sections.append("")
+    accuracy = accuracy_vs_k(Path(root) / "benchmarks" / "results" / "fewshot.json", reports / "plots" / "accuracy_vs_k.png")
+    for heading, title, path, missing in (
+            ("### Registry: every registered version", "Adaptation history: macro-F1 of every registered version",
+             history, "no registered versions yet"),
+            ("### Few-shot benchmark (committed results of `python benchmarks/fewshot.py`, not this run)",
+             "Accuracy against K (few-shot benchmark, not this run)", accuracy,
+             "no benchmark results yet (`python benchmarks/fewshot.py`)")):
+        sections += [heading, "", f"![{title}]({path.relative_to(reports).as_posix()})" if path else f"{title}: {missing}.",
+                     ""]
     sections.append("Drift reports of the pipeline and of every `metaadapt monitor` run: [index.html](index.html).")
     return "\n".join(sections) + "\n"

@@ -15,11 +15,13 @@ surrogate = undecodable input, empty or whitespace-only) is *not* predicted and 
 ``error`` says why (e.g. ``"row 7: empty text"``), its ``label`` is ``""`` and its scores are NaN. Every other
 row is scored normally with ``error == ""``. Callers should check ``error`` (or ``label != ""``) per row.
 
-A DataFrame without a ``text`` column (or an input of an unsupported type) fails the whole call with a
-``PyfuncInputError`` (an MlflowException, code INVALID_PARAMETER_VALUE) whose short message names the expected
-column and the columns found; ``mlflow models serve`` answers it as HTTP 400 with that message in the JSON body
-(``{"error_code": "INVALID_PARAMETER_VALUE", "message": "...input needs a 'text' column; found columns [...]"}``)
-and no stack trace.
+Every registered version carries a signature (input: a ``text`` string column; output: the columns above) and an
+input example (components.registry.model_signature). MLflow checks a request against it before ``predict``: a
+payload without a ``text`` column is answered by ``mlflow models serve`` with HTTP 400, ``INVALID_PARAMETER_VALUE``
+and "Model is missing inputs ['text']. Note that there were extra inputs: [...]", no stack trace. A loaded
+registered model therefore takes a DataFrame with a ``text`` column; this class itself (``predict`` called directly)
+also takes a Series or a list of strings, and refuses any other input with a ``PyfuncInputError`` (an
+MlflowException, code INVALID_PARAMETER_VALUE) naming the expected column and the columns found.
 """
 from typing import Any
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -178,7 +179,8 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
                                        artifacts={"model_dir": str(model_dir.resolve())},
                                        code_paths=[str(COMPONENTS_DIR)], pip_requirements=_requirements(),
-                                       registered_model_name=name)
+                                       registered_model_name=name, signature=model_signature(model_dir),
+                                       input_example=pd.DataFrame({"text": list(EXAMPLE_TEXTS)}))
     version = int(info.registered_model_version)
     verify_registered_version(name, version)           # before any alias can point at it
     client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
@@ -191,6 +193,25 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     client.set_tag(run.info.run_id, "promoted", str(result.promoted).lower())
     client.set_model_version_tag(name, str(version), COMPLETE_TAG, "true")   # the commit marker, last
     return result
+
+
+EXAMPLE_TEXTS = ("profit rose 12% this quarter", "the card payment did not go through")   # the stored input example
+
+
+def model_signature(model_dir: Path) -> Any:
+    """Input: a `text` column of strings; output: label, score, p_<label> per label, error (pyfunc_model's contract).
+
+    Declared, not inferred: inference would load the model once more per registration, and an explicit schema
+    documents the served columns. With it, `mlflow models serve` refuses a payload without a `text` column with a
+    400 naming the missing input, and MLflow stops warning that the model has no signature.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    labels = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))["labels"]
+    outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
+               *(ColSpec(DataType.double, f"p_{label}") for label in labels), ColSpec(DataType.string, "error")]
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema(outputs))
 
 
 def run_name(domain: str) -> str:
@@ -284,8 +305,19 @@ def provenance_tags(root: Path, domain: str) -> dict[str, str]:
     return {**_git_tags(Path(root)), **_dvc_data_tags(Path(root), domain)}
 
 
+# What the pipeline itself rewrites during a run (DVC's lock and .dvc files, the git-tracked reports): a change there
+# is this run's output, not an edit of the code or params the model was built from.
+PIPELINE_WRITTEN = (":(exclude)dvc.lock", ":(exclude)*.dvc", ":(exclude)reports")
+
+
 def _git_tags(root: Path) -> dict[str, str]:
-    """The commit the model was built from; "unknown" outside a git checkout rather than failing a run."""
+    """The commit the model was built from and whether tracked sources differ from it; "unknown" outside a git
+    checkout rather than failing a run.
+
+    `git_dirty` ignores PIPELINE_WRITTEN: on a clean checkout, the stages before `register` have already rewritten
+    dvc.lock and reports/metrics/*.json, so counting them made every first run "dirty". `git_dirty_files` names
+    what did count (at most 10), so a dirty flag can be checked.
+    """
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
@@ -294,8 +326,13 @@ def _git_tags(root: Path) -> dict[str, str]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *PIPELINE_WRITTEN)
+    if status is None:
+        return {"git_commit": commit or "unknown", "git_dirty": "unknown"}
+    changed = [line.split(None, 1)[-1] for line in status.splitlines() if line.strip()]  # "XY path"
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(changed)).lower(),
+            "git_dirty_files": ", ".join(changed[:10]) + (f" (+{len(changed) - 10})" if len(changed) > 10 else "")
+            if changed else "none"}
 
 
 def _dvc_data_tags(root: Path, domain: str) -> dict[str, str]:

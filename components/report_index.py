@@ -52,7 +52,9 @@ def _pipeline_entry(path: Path, reports: Path) -> IndexEntry:
     created = data.get("created_at") or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     signals = list(data.get("drifted_columns", [])) + (["embeddings"] if data.get("embedding_drift") else [])
-    return IndexEntry(path.stem, created, "pipeline (held-out split)", data.get("dataset_drift"), signals,
+    signals += ["label_shift"] if (data.get("prior") or {}).get("fired") else []
+    return IndexEntry(path.stem, created, "pipeline (held-out split)", data.get("drift_detected",
+                                                                                data.get("dataset_drift")), signals,
                       list(data.get("reasons") or []), _relative(path.with_suffix(".html"), reports))
 
 

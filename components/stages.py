@@ -132,19 +132,36 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 
     paths = StagePaths(root, domain)
     tables = {name: pd.read_parquet(paths.prepared / f"{name}.parquet") for name in ("adapt", "eval", "meta_pool")}
+    from components.data_docs import write_data_docs
+    from components.encoder_window import window_counts
+
     runner = SuiteRunner()
     outcomes = validate_domain(params, domain, tables["adapt"], tables["eval"], tables["meta_pool"], runner)
-    docs = runner.build_data_docs(root / params.validation.data_docs_dir / domain)
-    summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "statistics": o.statistics}
-               for name, o in outcomes.items()}
+    window = window_counts(suite_texts(tables), params.encoder.name, params.encoder.max_length)
+    summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "warnings": o.warnings,
+                      "statistics": o.statistics, "encoder_window": window.get(name)} for name, o in outcomes.items()}
+    docs = write_data_docs(root / params.validation.data_docs_dir / domain, domain, outcomes, window)
     _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
                                              "suites": summary, "data_docs": str(docs.relative_to(root.resolve())),
                                              "results": {n: outcome_payload(o)["result"] for n, o in outcomes.items()}})
-    log.info("validate %s: %d suites, %d failed; Data Docs %s", domain, len(outcomes),
-             sum(not o.success for o in outcomes.values()), docs)
+    log.info("validate %s: %d suites, %d failed, %d warnings, %d texts longer than the encoder's %d tokens "
+             "(truncated); Data Docs %s", domain, len(outcomes), sum(not o.success for o in outcomes.values()),
+             sum(len(o.warnings) for o in outcomes.values()), sum(c["truncated"] for c in window.values()),
+             params.encoder.max_length, docs)
     for outcome in outcomes.values():
         require_valid(outcome)
     return summary
+
+
+def suite_texts(tables: dict[str, pd.DataFrame]) -> dict[str, list]:
+    """The texts each suite of validate_domain reads, by the same names (meta sources: original rows only)."""
+    texts = {name: tables[name]["text"].tolist() for name in ("adapt", "eval") if "text" in tables[name]}
+    pool = tables["meta_pool"]
+    if "augmented" in pool.columns:
+        pool = pool[~pool["augmented"].astype(bool)]
+    if len(pool) and "source" in pool.columns:
+        texts.update({f"meta_source.{source}": rows["text"].tolist() for source, rows in pool.groupby("source")})
+    return texts
 
 
 def tune_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
@@ -490,14 +507,21 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         metrics.update(few_shot_scores(params, domain, root, pool, truth, vectors, meta_head))
     per_label = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
     skipped = not_evaluated(labels, truth)
-    _write_json(paths.report("metrics"), metrics)
+    label_f1 = {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())}
+    quality, speed = split_timings(metrics)
+    _write_json(paths.report("metrics"), quality)   # `dvc metrics diff`: what the model scores
+    _write_json(paths.report("speed"), speed)       # how long it took: changes on every run, kept out of that diff
     _write_json(paths.report("confusion"), {
         "labels": labels, "metric": config.metric, "majority_label": majority, "not_evaluated": skipped,
-        "per_label_f1": {label: (None if label in skipped else f1) for label, f1 in zip(labels, per_label.tolist())},
+        "per_label_f1": label_f1,
         "matrix": confusion_matrix(truth, predicted, labels=labels).tolist(), "warnings": info.get("warnings", []),
         "method": info.get("chosen"), "prior": info.get("prior")})
     pd.DataFrame({"text": texts, "label": truth, "predicted": predicted}).to_parquet(
         paths.prepared / "eval_predictions.parquet", index=False)
+    from components.plot_data import write_evaluation_plots
+
+    write_evaluation_plots(root, domain, truth, predicted, label_f1,
+                           read_json_if_present(paths.meta_dir / "meta.json"))   # `dvc plots show`
     log.info("evaluate %s: accuracy %.4f macro-F1 %.4f balanced %.4f on %d rows (majority %.4f / %.4f, zero-shot "
              "%.4f / %.4f)", domain, metrics["accuracy"], metrics["macro_f1"], metrics["balanced_accuracy"],
              len(truth), metrics["majority_accuracy"], metrics["majority_macro_f1"], metrics["zero_shot_accuracy"],
@@ -509,6 +533,13 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return metrics
 
 
+def split_timings(metrics: dict) -> tuple[dict, dict]:
+    """(quality metrics, timings): seconds and rates change on every run, and would make `dvc metrics diff` report
+    an untouched domain as changed."""
+    timing = {k: v for k, v in metrics.items() if k.endswith(("_seconds", "_per_second"))}
+    return {k: v for k, v in metrics.items() if k not in timing}, timing
+
+
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
@@ -517,10 +548,11 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     whether this is a `dvc exp run` (registered as an experiment, never champion).
     """
     from components.registry import register_domain_model
+    from components.run_context import trigger_tags
     from components.safety import redact_secrets
 
     paths = StagePaths(root, domain)
-    metrics = _read_json(paths.report("metrics"))
+    metrics = {**_read_json(paths.report("metrics")), **read_json_if_present(paths.report("speed"))}   # both to MLflow
     manifest = _read_json(paths.prepared / "manifest.json")
     info = _read_json(paths.models / "adapt_info.json")
     metric = params.domain(domain).metric
@@ -535,13 +567,19 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
               "method": str(info.get("chosen")), "prior": str((info.get("prior") or {}).get("source")),
               "class_prior": json.dumps((info.get("prior") or {}).get("prior")),
               "prior_strength": str((info.get("prior") or {}).get("strength")),
-              "warnings": "; ".join(info.get("warnings", [])) or "none"},
+              "warnings": "; ".join(info.get("warnings", [])) or "none",
+              **trigger_tags(manifest, info.get("support_rows"))},   # why this run happened, from what
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
+                   **({"speed.json": paths.report("speed")} if paths.report("speed").is_file() else {}),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
                    "adapt_info.json": paths.models / "adapt_info.json"},
         config=params.registry, root=root, gate_metric=metric, evidence=evidence)
     payload = result.to_dict()
     _write_json(paths.report("registry"), payload)
+    from components.plot_data import write_champion_history
+    from components.registry import version_history
+
+    write_champion_history(root, domain, version_history(domain, params.registry, root))   # `dvc plots show`
     log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)
     return payload
 
@@ -599,6 +637,7 @@ def champion_staleness(champion: dict, champion_labels: list[str], candidate_lab
 def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Evidently report: the domain's adaptation pool (reference) against a batch of its held-out data (current)."""
     from components.drift import drift_report
+    from components.monitoring import prior_reason
 
     paths = StagePaths(root, domain)
     reference = pd.read_parquet(paths.prepared / "adapt.parquet")
@@ -610,10 +649,19 @@ def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                            html_path=paths.report("drift", ".html"), drift_share=params.drift.drift_share,
                            max_embedding_dims=params.drift.max_embedding_dims,
                            embedding_alpha=params.drift.embedding_alpha, column_alpha=params.drift.column_alpha)
+    prior = candidate_label_shift(params, root, paths, current)
+    reasons = list(summary.reasons or []) + ([prior_reason(prior)] if prior and prior["fired"] else [])
     payload = {**summary.to_dict(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "prior": candidate_label_shift(params, root, paths, current)}
+               "prior": prior, "reasons": reasons,   # the verdict counts label shift, as `metaadapt monitor` does
+               "drift_detected": bool(summary.dataset_drift or (prior and prior["fired"]))}
+    from components.report_header import ReportContext, insert_header, render_header
+
+    context = ReportContext(domain, f"this run's candidate (models/{domain}/candidate)",
+                            f"{len(current)} rows of the held-out split", f"adaptation pool ({len(reference)} rows)",
+                            payload["created_at"], "../index.html", kind="pipeline", prior=prior)
+    insert_header(paths.report("drift", ".html"), render_header(context, payload, payload["drift_detected"], reasons))
     _write_json(paths.report("drift"), payload)
-    log.info("drift %s: dataset drift %s (share %.2f), report %s", domain, summary.dataset_drift,
+    log.info("drift %s: drift %s (descriptor share %.2f), report %s", domain, payload["drift_detected"],
              summary.drifted_share, summary.html_path)
     return payload
 
@@ -632,26 +680,20 @@ def candidate_label_shift(params: Params, root: Path, paths: StagePaths, current
 
 
 def summary(params: Params, root: Path = PROJECT_ROOT) -> dict:
-    """Per-domain results table: reports/summary.md and reports/summary.json."""
+    """Per-domain results table: reports/summary.md and reports/summary.json (components.summary_report)."""
+    from components.summary_report import caps_text, domain_status, registry_champion, render_summary, summary_row
+
     rows = []
     run_status = read_json_if_present(root / "reports" / "run_status.json")
     for domain in params.domains:
         paths = StagePaths(root, domain)
-        if run_status.get(domain, {}).get("status") == "failed":
-            rows.append({"domain": domain, "status": f"failed at {run_status[domain]['failed_stage']}"})
-            continue
-        metrics = read_json_if_present(paths.report("metrics"))
-        registry = read_json_if_present(paths.report("registry"))
-        drift_info = read_json_if_present(paths.report("drift"))
-        details = read_json_if_present(paths.report("confusion"))
-        status = "ok" if metrics else ("not run" if domain not in run_status and not registry else "failed")
-        rows.append({"domain": domain, "status": status, **metrics, "metric": params.domain(domain).metric,
-                     "registered_version": registry.get("version"), "promoted": registry.get("promoted"),
-                     "champion_version": registry.get("champion_version"), "gate_reason": registry.get("reason"),
-                     "method": details.get("method"), "prior": (details.get("prior") or {}).get("source"),
-                     "warnings": details.get("warnings", []), "not_evaluated": details.get("not_evaluated", []),
-                     "drift_detected": drift_info.get("dataset_drift")})
-    caps = "none (full run)" if params.limits.full else json.dumps(params.limits.model_dump())
+        reports = {kind: read_json_if_present(paths.report(kind)) for kind in ("metrics", "registry", "drift",
+                                                                              "confusion")}
+        status = domain_status(domain, reports["metrics"], run_status)
+        if status.startswith("failed"):   # a failed domain's old metrics must not read as this run's
+            reports = {kind: {} for kind in reports}
+        rows.append(summary_row(domain, params, reports, status, registry_champion(params, root, domain)))
+    caps = caps_text(params)
     timings = read_json_if_present(root / "reports" / "timings.json")  # written by the flow; {} under plain dvc
     payload = {"domains": rows, "caps": caps, "encoder": params.encoder.name, "stage_seconds": timings,
                "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -688,53 +730,6 @@ def render_timings(timings: dict[str, dict[str, float]]) -> str:
         cells = [f"{per_stage[s]:.1f}" if s in per_stage else "" for s in stages]
         lines.append(f"| {domain} | " + " | ".join(cells) + f" | {sum(per_stage.values()):.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
-    """The results table, each number beside its majority-class and zero-shot baselines on the same rows, then
-    what a reader must act on: domains below the majority class, warnings, labels not evaluated, gate decisions."""
-    header = ("| domain | status | accuracy (majority / zero-shot) | macro-F1 (majority / zero-shot) | balanced acc. "
-              "| beats majority | rows (K) | labels | eval rows | method · prior | adapt s (total) | version → champion "
-              "| drift |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    lines, notes = [], []
-    for r in rows:
-        if r["status"] != "ok":
-            lines.append(f"| {r['domain']} | {r['status']} |" + " |" * 11)
-            continue
-        lines.append(_summary_line(r))
-        notes += _summary_notes(r)
-    text = f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
-    return text + ("\n" + "\n".join(f"- {note}" for note in notes) + "\n" if notes else "")
-
-
-def _summary_line(r: dict) -> str:
-    def triple(metric: str) -> str:
-        return (f"{r[metric]:.3f} ({r.get(f'majority_{metric}', float('nan')):.3f} / "
-                f"{r.get(f'zero_shot_{metric}', float('nan')):.3f})")
-
-    beats = "yes" if r.get("beats_majority", 1.0) else f"**NO** ({r['metric']})"
-    champion = r.get("champion_version") or r["registered_version"]
-    return (f"| {r['domain']} | ok | {triple('accuracy')} | {triple('macro_f1')} | {r.get('balanced_accuracy', float('nan')):.3f} "
-            f"| {beats} | {r.get('train_rows', '')} ({r['k']}) | {r['n_labels']} | {r['eval_rows']} "
-            f"| {r.get('method') or ''} · {r.get('prior') or 'uniform'} "
-            f"| {r['adapt_seconds']:.2f} ({r['adapt_total_seconds']:.2f}) "
-            f"| v{r['registered_version']} → v{champion}{' (promoted)' if r['promoted'] else ''} "
-            f"| {r['drift_detected']} |")
-
-
-def _summary_notes(r: dict) -> list[str]:
-    """Lines under the table: what needs a person's attention for this domain."""
-    notes = []
-    if not r.get("beats_majority", 1.0):
-        notes.append(f"**{r['domain']}: does not beat always answering the majority class on {r['metric']}** "
-                     f"({r[r['metric']]:.3f} vs {r.get('majority_' + r['metric'], float('nan')):.3f}); it is never "
-                     f"promoted over a champion that does")
-    notes += [f"{r['domain']}: {warning}" for warning in r.get("warnings", [])]
-    if r.get("not_evaluated"):
-        notes.append(f"{r['domain']}: not evaluated (no row in the evaluation split): {', '.join(r['not_evaluated'])}")
-    if r.get("gate_reason"):
-        notes.append(f"{r['domain']} gate: {r['gate_reason']}")
-    return notes
 
 
 def _tuned(stage: Callable[[Params, str, Path], dict]) -> Callable[[Params, str, Path], dict]:

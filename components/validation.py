@@ -15,7 +15,6 @@ seconds, which every CLI command and test collection would otherwise pay.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,10 @@ TEXT_KEY = "text_key"  # sha1 of the normalised text, added only for the leakage
 TEXT_VISIBLE = "text_visible"
 DERIVED_COLUMNS = (TEXT_KEY, TEXT_VISIBLE)  # added by validate_frame, reported as `text`
 REQUIRED_COLUMNS = (TEXT, LABEL)
-DOCS_SITE = "metaadapt_docs"  # `local_site` is taken in GE's ephemeral context
 _MAX_EXAMPLES = 3
 _MAX_EXAMPLE_CHARS = 40
 _MAX_STORED_CHARS = 500  # longer strings (a 1 MB text) are cut in stored JSON
+WARNING = "warning"  # GE expectation severity whose failure is reported (validation JSON, Data Docs), never refused
 LEAKAGE_NOTE = "no text may equal (after case/whitespace normalisation) a text of the domain's evaluation split"
 
 
@@ -58,6 +57,7 @@ class SuiteSpec:
     described_labels: tuple[str, ...] = ()  # keys of domains.<d>.label_descriptions: each must be a known label,
     new_labels: tuple[str, ...] = ()        # i.e. in allowed_labels or in domains.<d>.new_labels
     banned_text_keys: frozenset[str] = frozenset()  # text_hash of evaluation texts (leakage)
+    duplicates_warn_only: bool = False    # a data set's own repeated texts are reported, not refused (leakage still is)
 
     @property
     def name(self) -> str:
@@ -75,6 +75,7 @@ class ValidationOutcome:
     result_json: dict[str, Any]
     failed_checks: list[str] = field(default_factory=list)   # expectation types (or pandas/read check names)
     example_rows: list[int] = field(default_factory=list)    # frame row numbers (0-based) that broke a check
+    warnings: list[str] = field(default_factory=list)        # failed expectations of severity "warning": shown, not refused
 
 
 class DataValidationError(ValueError):
@@ -92,7 +93,7 @@ class DataValidationError(ValueError):
 def meta_source_spec(params: Any, domain: str, source: str, eval_texts: Iterable[str] = ()) -> SuiteSpec:
     """A meta-training source: any labels, enough rows per label to sample episodes, no evaluation text."""
     return _spec(params, domain, f"meta_source.{source}", None, params.data.min_rows_per_label,
-                 banned_text_keys=text_keys(eval_texts))
+                 banned_text_keys=text_keys(eval_texts), duplicates_warn_only=True)
 
 
 def adapt_spec(params: Any, domain: str, labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
@@ -102,7 +103,7 @@ def adapt_spec(params: Any, domain: str, labels: Sequence[str], eval_texts: Iter
     labelled row a user gives counts; only a label with no row at all fails. `data.min_rows_per_label` is for
     meta-training sources, whose episodes need several rows per label."""
     return _spec(params, domain, "adapt", labels, 1, require_every_label=True, banned_text_keys=text_keys(eval_texts),
-                 described_labels=tuple(params.domain(domain).label_descriptions),
+                 duplicates_warn_only=True, described_labels=tuple(params.domain(domain).label_descriptions),
                  new_labels=tuple(params.domain(domain).new_labels))
 
 
@@ -111,7 +112,7 @@ def eval_spec(params: Any, domain: str, labels: Sequence[str]) -> SuiteSpec:
 
     A known label absent here is simply not evaluated: a new label's few labelled rows all go to the pool, and
     failing the whole domain for it would leave the user with no model at all. An unknown label still fails."""
-    return _spec(params, domain, "eval", with_new_labels(params, domain, labels), 1)
+    return _spec(params, domain, "eval", with_new_labels(params, domain, labels), 1, duplicates_warn_only=True)
 
 
 def batch_spec(params: Any, domain: str, known_labels: Sequence[str], eval_texts: Iterable[str] = ()) -> SuiteSpec:
@@ -173,7 +174,7 @@ def build_suite(spec: SuiteSpec, columns: Iterable[str], runner: SuiteRunner) ->
 
 
 class SuiteRunner:
-    """One ephemeral GE context holding the suites and results of one validation pass (for Data Docs).
+    """One ephemeral GE context holding the suites and results of one validation pass.
 
     A context is cheap (milliseconds); the GE import is what costs, and it is paid once per process.
     Suites never leak between runners, and a name used twice in one runner gets a suffix.
@@ -220,52 +221,6 @@ class SuiteRunner:
         self._names.add(candidate)
         return candidate
 
-    def build_data_docs(self, site_dir: Path) -> Path:
-        """Render every suite and result of this runner as GE Data Docs (offline HTML); return index.html.
-
-        The directory is replaced, so pages of an earlier run never linger beside this run's.
-        """
-        site_dir = Path(site_dir).resolve()
-        if site_dir.exists():
-            shutil.rmtree(site_dir)
-        self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(site_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
-        self._escape_stored_values()
-        self.context.build_data_docs(site_names=[DOCS_SITE])
-        return site_dir / "index.html"
-
-    def _escape_stored_values(self) -> None:
-        """HTML-escape the user values (unexpected texts and labels, label sets) in the stored results.
-
-        GE 1.24's Data Docs put unexpected values into table cells unescaped: a batch whose label is
-        ``<script>…</script>`` would run that script in a reviewer's browser (tests/test_html_escaping.py).
-        Only the copies the docs render from are changed; the outcome returned by `run` already holds raw values.
-        """
-        store = self.context.validation_results_store
-        for key in store.list_keys():
-            suite_result = store.get(key)
-            for result in suite_result.results:
-                result.result = _html_escaped(result.result)
-                config = result.expectation_config
-                for name, value in list(config.kwargs.items()):
-                    config.kwargs[name] = _html_escaped(value)
-            store.set(key, suite_result)
-
-
-def _html_escaped(value: Any) -> Any:
-    """Every string inside `value` (dicts, lists, tuples) passed through html.escape; other values unchanged."""
-    import html
-
-    if isinstance(value, str):
-        return html.escape(value)
-    if isinstance(value, dict):
-        return {k: _html_escaped(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_html_escaped(v) for v in value)
-    return value
-
 
 def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None = None) -> ValidationOutcome:
     """Validate a text,label frame against the role's suite.
@@ -279,7 +234,9 @@ def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None
     suite = build_suite(spec, frame.columns, runner)
     expectations = list(suite.expectations)
     result_json = runner.run(frame, suite)
-    failed = _without_empty_table_noise(_ordered_failed_results(result_json, expectations))
+    every_failed = _without_empty_table_noise(_ordered_failed_results(result_json, expectations))
+    failed = [r for r in every_failed if not _is_warning(r)]
+    warnings = [_describe_failure(r, df) for r in every_failed if _is_warning(r)]
     failures = [_describe_failure(r, df) for r in failed]
     checks = [r["expectation_config"]["type"] for r in failed]
     rows = _example_rows(failed)
@@ -295,8 +252,15 @@ def validate_frame(df: pd.DataFrame, spec: SuiteSpec, runner: SuiteRunner | None
     statistics["pandas_checks_evaluated"] = ((1 if LABEL in df.columns and spec.min_rows_per_label > 0 else 0)
                                              + (1 if spec.described_labels else 0))
     statistics["pandas_checks_unsuccessful"] = len(pandas_failures)
-    success = bool(result_json.get("success")) and not pandas_failures
-    return ValidationOutcome(suite.name, success, failures + pandas_failures, statistics, result_json, checks, rows)
+    success = not failed and not pandas_failures
+    statistics["warnings"] = len(warnings)
+    return ValidationOutcome(suite.name, success, failures + pandas_failures, statistics, result_json, checks, rows,
+                             warnings)
+
+
+def _is_warning(result: dict[str, Any]) -> bool:
+    """A failed expectation of severity "warning" (GE keeps the severity in the stored expectation config)."""
+    return result["expectation_config"].get("severity") == WARNING
 
 
 def validate_labelled_frame(
@@ -317,7 +281,7 @@ def validate_labelled_frame(
                      require_every_label=allowed_labels is not None and min_rows_per_label > 0)
     outcome = validate_frame(df, spec)
     return ValidationOutcome(name, outcome.success, outcome.failures, outcome.statistics, outcome.result_json,
-                             outcome.failed_checks, outcome.example_rows)
+                             outcome.failed_checks, outcome.example_rows, outcome.warnings)
 
 
 def read_failure(name: str, check: str, message: str) -> ValidationOutcome:
@@ -330,7 +294,7 @@ def read_failure(name: str, check: str, message: str) -> ValidationOutcome:
 def outcome_payload(outcome: ValidationOutcome) -> dict[str, Any]:
     """The JSON form of an outcome; very long strings (a 1 MB text) are cut so the file stays readable."""
     return _clip({"name": outcome.name, "success": outcome.success, "failures": outcome.failures,
-                  "failed_checks": outcome.failed_checks, "example_rows": outcome.example_rows,
+                  "warnings": outcome.warnings, "failed_checks": outcome.failed_checks, "example_rows": outcome.example_rows,
                   "statistics": outcome.statistics, "result": outcome.result_json})
 
 
@@ -418,7 +382,10 @@ def _text_expectations(spec: SuiteSpec) -> list[Any]:
         gxe.ExpectColumnValueLengthsToBeBetween(column=TEXT_VISIBLE, min_value=spec.min_text_chars,
                                                 max_value=spec.max_text_chars),
         gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
-            column=TEXT_VISIBLE, min_value=max(0.0, 1.0 - spec.max_duplicate_fraction)),
+            column=TEXT_VISIBLE, min_value=max(0.0, 1.0 - spec.max_duplicate_fraction),
+            severity=WARNING if spec.duplicates_warn_only else "critical", meta={"check": "duplicates"},
+            notes="repeated texts inside one data set: a warning for data sets (their own business; texts shared with "
+                  "the evaluation split are refused by the leakage check), refused in an incoming batch"),
     ]
 
 

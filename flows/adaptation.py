@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from components.batches import mark_adapted, merged_hashes, pending_batches
 from components.config import PROJECT_ROOT, load_params
 from components.registry import tracking_uri
+from components.run_context import triggered_by
 from components.safety import redact_uri
 from components.stages import StagePaths, read_json_if_present
 from flows.incoming import version_batches
@@ -67,13 +68,17 @@ def adaptation_markdown(domain: str, outcome: dict, mlflow_uri: str) -> str:
               f"on {metrics.get('eval_rows')} held-out rows",
               f"- MLflow run `{registry.get('run_id')}` in `{mlflow_uri}` "
               f"(model `models:/{registry.get('name')}/{registry.get('version')}`)",
-              f"- drift report: `{outcome['drift_html']}` (dataset drift: {drift.get('dataset_drift')})"]
+              f"- drift report: `{outcome['drift_html']}` (drift: {drift.get('drift_detected', drift.get('dataset_drift'))})"]
     return "\n".join(lines) + "\n"
 
 
 @flow(name="metaadapt-adapt-domain", log_prints=True)
-def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manual", force: bool = False) -> dict:
-    """Adapt one domain through its DVC stages, gate the new model, publish the result; one run per domain."""
+def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manual", force: bool = False,
+                 trigger: str = "manual") -> dict:
+    """Adapt one domain through its DVC stages, gate the new model, publish the result; one run per domain.
+
+    `trigger` (components.run_context.TRIGGERS: new_batch, drift, manual, ...) and `reason` with the pending batches'
+    hashes become the MLflow run's `trigger` / `trigger_detail` tags."""
     logger = get_run_logger()
     project = Path(root)
     params = load_params(project / "params.yaml")
@@ -81,7 +86,9 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
     with adaptation_slot(project, domain, params):
         batches = [record.sha256 for record in pending_batches(project, domain)]
         started = _now()
-        result = run_domain(domain, root, force)  # in this process: one import of torch/MLflow/GE per run
+        detail = f"{reason}; pending batches: {', '.join(sha[:16] for sha in batches) or 'none'}"
+        with triggered_by(trigger, detail):
+            result = run_domain(domain, root, force)  # in this process: one import of torch/MLflow/GE per run
         finished = _now()
         if result["status"] == "ok":  # exactly the pending batches this run's pool holds; later ones stay pending
             merged = set(merged_hashes(project, domain))

@@ -51,7 +51,7 @@ def ingest(file: Path = typer.Argument(..., exists=True, dir_okay=False,
         return
     typer.echo(f"{name}: {batch['rows']} rows stored as {batch['path']}; event sent")
     if now:
-        adapt(domain, reason=f"metaadapt ingest --now {name}")
+        adapt(domain, reason=f"metaadapt ingest --now {name}", trigger="new_batch")
 
 
 def batches(domain: str = typer.Option(..., "--domain", "-d", help="Domain from params.yaml."),
@@ -127,11 +127,12 @@ def withdraw(batch: str = typer.Argument(..., help="The batch's hash or a unique
 
 
 def adapt(domain: str = typer.Argument(..., help="Domain from params.yaml."),
-          reason: str = typer.Option("manual", help="Why (recorded in the run's artifact and history).")) -> None:
+          reason: str = typer.Option("manual", help="Why (recorded in the run's artifact and history)."),
+          trigger: str = typer.Option("manual", hidden=True)) -> None:
     """Adapt one domain now (its DVC stages, the promotion gate); waits if that domain is already adapting."""
     from flows.adaptation import adapt_domain
 
-    outcome = adapt_domain(domain, str(PROJECT_ROOT), reason=reason)  # an error: flows.cli prints its message
+    outcome = adapt_domain(domain, str(PROJECT_ROOT), reason=reason, trigger=trigger)  # an error: flows.cli prints its message
     registry = outcome["registry"]
     typer.echo(f"{domain}: v{registry.get('version')} {'champion' if registry.get('promoted') else 'challenger'} "
                f"- {registry.get('reason')}")

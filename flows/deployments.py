@@ -41,12 +41,14 @@ def build_deployments(params: Params, root: Path) -> list:
     schedule = params.orchestration
     where = {"root": str(root)}
     return [
-        pipeline.to_deployment(name="scheduled-retraining", cron=schedule.retrain_cron, parameters=where,
+        pipeline.to_deployment(name="scheduled-retraining", cron=schedule.retrain_cron,
+                               parameters={**where, "trigger": "schedule"},
                                description="Full retraining: every DVC stage of every domain (DVC skips the fresh)."),
         adapt_domain.to_deployment(
             name="adapt-on-new-batch", description="Adapt one domain when a labelled batch is accepted.",
-            triggers=[domain_trigger(BATCH_ACCEPTED, {**where, "reason": "new batch {{ event.payload.source }} "
-                                                                         "({{ event.payload.rows }} rows)"})]),
+            triggers=[domain_trigger(BATCH_ACCEPTED, {**where, "trigger": "new_batch",
+                                                      "reason": "new batch {{ event.payload.source }} "
+                                                                "({{ event.payload.rows }} rows)"})]),
         monitor.to_deployment(name="drift-monitor", cron=schedule.monitor_cron, parameters=where,
                               description="Drift of the newest traffic batch per domain; emits drift events."),
         respond_to_drift.to_deployment(

@@ -46,8 +46,9 @@ def monitor_domain(domain: str, file: str, root: str) -> dict:
 
 @flow(name="metaadapt-monitor", log_prints=True)
 def monitor(domains: list[str] | None = None, root: str = str(PROJECT_ROOT)) -> dict[str, dict]:
-    """Monitor each domain's newest traffic batch; emit a drift event per drifted domain."""
-    logger = get_run_logger()
+    """Monitor each domain's newest traffic batch; emit one drift event per incident (components.monitor_state).
+
+    A batch already monitored against the same champion is skipped (no report, no MLflow run, no event)."""
     project = Path(root)
     params = load_params(project / "params.yaml")
     results: dict[str, dict] = {}
@@ -55,30 +56,58 @@ def monitor(domains: list[str] | None = None, root: str = str(PROJECT_ROOT)) -> 
         check_domain(params, domain)
         file = newest_traffic_batch(params, project, domain)
         if file is None:
-            logger.info("%s: no traffic batch in %s/%s; nothing to monitor", domain,
-                        params.orchestration.traffic_dir, domain)
+            get_run_logger().info("%s: no traffic batch in %s/%s; nothing to monitor", domain,
+                                  params.orchestration.traffic_dir, domain)
             continue
-        result = monitor_domain(domain, str(file), root)
-        if result["drift_detected"]:
-            emit_event(event=DRIFT_DETECTED, resource=domain_resource(domain),
-                       payload={"reasons_text": "; ".join(map(str, result.get("reasons", []))),
-                                "drifted_signals": list(map(str, result.get("drifted_signals", []))),
-                                "report": result["html_path"], "source": result["source"]})
-        results[domain] = result
+        results[domain] = monitor_once(params, project, domain, file)
     publish(monitor_markdown(results), "monitor", None, "drift monitoring of the newest traffic batches")
     return results
 
 
+def monitor_once(params: Params, project: Path, domain: str, file: Path) -> dict:
+    """Monitor `file` unless this champion already saw it; alert only when the incident is new, changed or due."""
+    from datetime import datetime, timezone
+
+    from components.monitor_state import (alert_decision, file_sha256, load_state, previous_check, remember_check,
+                                          save_state)
+    from components.registry import champion_info
+
+    logger = get_run_logger()
+    state, sha = load_state(project, domain), file_sha256(file)
+    champion = (champion_info(domain, params.registry, project) or {}).get("version")
+    earlier = previous_check(state, sha, champion)
+    if earlier is not None:
+        logger.info("%s: %s already monitored against champion v%s at %s (drift %s); skipped", domain, file.name,
+                    champion, earlier["at"], earlier["drift_detected"])
+        return {"domain": domain, "source": file.name, "skipped": True, "drift_detected": earlier["drift_detected"],
+                "reasons": [f"already monitored at {earlier['at']}"], "html_path": earlier["report"], "alert": False}
+    result = monitor_domain(domain, str(file), str(project))
+    now = datetime.now(timezone.utc)
+    remember_check(state, sha, champion, result, now)
+    alert, why = alert_decision(state, result["drift_detected"], result.get("drifted_signals", []), now,
+                                params.monitoring.alert_quiet_hours)
+    save_state(project, domain, state)
+    logger.info("%s: %s", domain, why)
+    if alert:
+        emit_event(event=DRIFT_DETECTED, resource=domain_resource(domain),
+                   payload={"reasons_text": "; ".join(map(str, result.get("reasons", []))),
+                            "drifted_signals": list(map(str, result.get("drifted_signals", []))),
+                            "report": result["html_path"], "source": result["source"]})
+    return {**result, "alert": alert, "alert_reason": why}
+
+
 def monitor_markdown(results: dict[str, dict]) -> str:
-    lines = ["# Drift monitoring", "", "| domain | batch | drift | reasons | report |", "|---|---|---|---|---|"]
+    lines = ["# Drift monitoring", "", "| domain | batch | drift | alert | reasons | report |",
+             "|---|---|---|---|---|---|"]
     for domain, r in results.items():
         # the file name comes from a user: escaped, so a `<script>` in it shows as text in the Prefect UI
         reasons = html.escape("; ".join(r.get("reasons", []))) or "—"
+        alert = "skipped (seen)" if r.get("skipped") else ("**sent**" if r.get("alert") else
+                                                             html.escape(str(r.get("alert_reason", "no"))))
         lines.append(f"| {domain} | {html.escape(str(r['source']))} | {'**yes**' if r['drift_detected'] else 'no'} "
-                     f"| {reasons} "
-                     f"| `{r['html_path']}` |")
+                     f"| {alert} | {reasons} | `{r['html_path']}` |")
     if not results:
-        lines.append("| (no traffic batches) | | | | |")
+        lines.append("| (no traffic batches) | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +129,9 @@ def respond_to_drift(domain: str, root: str = str(PROJECT_ROOT), reasons_text: s
     if waiting:
         from flows.adaptation import adapt_domain
 
-        outcome = adapt_domain(domain, root, reason=f"drift detected; {len(waiting)} labelled batch(es) waiting")
+        outcome = adapt_domain(domain, root, trigger="drift",
+                               reason=f"drift detected ({report or 'no report'}); {len(waiting)} labelled batch(es) "
+                                      f"waiting")
         return {"action": "adapted", "outcome": outcome}
     publish(alert_markdown(domain, reasons_text, report), "drift-alert", domain,
             f"drift in {domain} with no labelled data waiting")

@@ -19,6 +19,7 @@ from typing import Iterator
 from prefect import flow, get_run_logger, task
 
 from components.config import PROJECT_ROOT, load_params
+from components.run_context import triggered_by
 from components.stages import DOMAIN_STAGES, StagePaths, read_json_if_present  # DOMAIN_STAGES: the stage order
 from flows.locks import dvc_lock
 
@@ -152,14 +153,18 @@ def publish_run_artifact(root: Path, params, results: dict) -> None:
 
 
 @flow(name="metaadapt-pipeline", log_prints=True)
-def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), force: bool = False) -> dict:
-    """ingest → validate → episodes → meta-train → adapt → evaluate → register → drift, per domain; then a summary."""
+def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), force: bool = False,
+             trigger: str = "manual") -> dict:
+    """ingest → validate → episodes → meta-train → adapt → evaluate → register → drift, per domain; then a summary.
+
+    `trigger` is recorded on each registration's MLflow run (`schedule` from the scheduled-retraining deployment)."""
     params = load_params(Path(root) / "params.yaml")
     selected = domains or list(params.domains)
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts
     stale = None if force else stale_targets(Path(root))
-    results = {name: run_domain(name, root, force, stale=stale) for name in selected}
+    with triggered_by(trigger, f"metaadapt-pipeline ({trigger})"):
+        results = {name: run_domain(name, root, force, stale=stale) for name in selected}
     status_file = write_run_status(Path(root), results)
     try:
         run_stage_in_process("summary", root, force=True)  # always: a failed domain's old metrics are unchanged

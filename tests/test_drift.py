@@ -58,8 +58,9 @@ def test_shifted_set_is_detected(shifted: DriftSummary):
 
 def test_html_report_is_written(shifted: DriftSummary):
     with open(shifted.html_path, encoding="utf-8") as fh:
-        head = fh.read(2000)
-    assert "<html" in head
+        page = fh.read()
+    assert "<html" in page[:2000]
+    assert "emb_pc" not in page   # the components are not a second "drifted columns" count in Evidently's page
 
 
 def test_summary_is_json_serialisable(shifted: DriftSummary):
@@ -68,7 +69,13 @@ def test_summary_is_json_serialisable(shifted: DriftSummary):
     assert set(as_dict) == {
         "dataset_drift", "drifted_columns", "drifted_share", "embedding_drift",
         "embedding_drift_score", "n_reference", "n_current", "html_path", "prediction_drift", "reasons",
+        "column_p_values", "column_alpha", "embedding_components_drifted", "embedding_components_tested",
+        "embedding_min_p_value", "embedding_alpha",
     }
+    assert as_dict["column_p_values"]["text_length"] < as_dict["column_alpha"]     # the statistics behind the verdict
+    assert 0 < as_dict["embedding_components_drifted"] <= as_dict["embedding_components_tested"]
+    assert as_dict["embedding_drift_score"] == pytest.approx(
+        as_dict["embedding_components_drifted"] / as_dict["embedding_components_tested"])
     assert as_dict["prediction_drift"] is None      # no predictions given
     assert any("embeddings drifted" in r for r in as_dict["reasons"])
 

@@ -261,7 +261,7 @@ def test_registration_logs_no_credentials_and_an_altered_registered_model_is_ref
         assert not [k for k, v in logged.items() if "s3cret" in v or "abc123" in v or "alice:" in v]
 
         uri = f"models:/{result['name']}/{result['version']}"
-        assert len(mlflow.pyfunc.load_model(uri).predict(["fine"])) == 1        # intact: it serves
+        assert len(mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": ["fine"]}))) == 1   # intact: it serves
         stored = list((tmp_path / "mlruns" / "artifacts").rglob("classifier.safetensors"))
         assert stored, "the registered model directory was not found in the artifact store"
         for path in stored:                                                   # alter the registered copy

@@ -1,7 +1,7 @@
 """Texts and labels that end up in HTML are shown as text: no script element, no injected attribute.
 
-The report index (reports/index.html, ours) and the Great Expectations Data Docs of a rejected batch (GE's
-renderer, linked from the summary) are built from values a user controls: a domain label in a monitor summary,
+The report index (reports/index.html) and the Data Docs page of a rejected batch (components.data_docs, built
+from GE's validation results, linked from the summary) are built from values a user controls: a domain label in a monitor summary,
 drift reasons, signal names, a file name, a label and texts in a batch. Each page is parsed with `html.parser`;
 when Debian's `chromium` is installed, the index is also loaded headless and the live DOM is checked
 (`--dump-dom` prints the DOM after scripts ran: an executed injection would have changed it).
@@ -90,26 +90,23 @@ def test_report_index_shows_html_payloads_as_text(reports: Path) -> None:
 
 
 def test_data_docs_of_a_rejected_batch_show_html_payloads_as_text(tmp_path: Path) -> None:
-    """GE renders the unexpected label and the texts of a rejected batch: escaped by its renderer, checked here."""
-    from components.validation import SuiteRunner, batch_spec, validate_frame
+    """The Data Docs page lists the unexpected label and the texts of a rejected batch: escaped, checked here."""
+    from components.data_docs import write_data_docs
+    from components.validation import batch_spec, validate_frame
 
     params = load_params(PROJECT_ROOT / "params.yaml")
     domain = sorted(params.domains)[0]
     known = ["positive", "negative"]
     frame = pd.DataFrame({"text": [f"text {n} {SCRIPT} {ATTRIBUTE}" for n in range(6)],
                           "label": [SCRIPT, IMAGE, "positive", "negative", "positive", "negative"]})
-    runner = SuiteRunner()
-    outcome = validate_frame(frame, batch_spec(params, domain, known), runner)
+    outcome = validate_frame(frame, batch_spec(params, domain, known))
     assert not outcome.success
-    index = runner.build_data_docs(tmp_path / "docs")
-    pages = sorted(index.parent.rglob("*.html"))
-    assert len(pages) >= 2
-    shown = ""
-    for path in pages:
-        page = parse(path)
-        assert_no_injection(page, str(path.relative_to(tmp_path)))
-        shown += "".join(page.text)
-    assert "alert(1)" in shown          # the unexpected label is listed, as text
+    index = write_data_docs(tmp_path / "docs", SCRIPT, {"batch": outcome})
+    page = parse(index)
+    assert_no_injection(page, "index.html")
+    shown = "".join(page.text)
+    assert "alert(1)" in shown and IMAGE in shown     # the unexpected labels are listed, as text
+    assert [tag for tag, _ in page.elements if tag == "script"] == []
 
 
 def chromium() -> str | None:

@@ -54,7 +54,13 @@ def test_same_distribution_batch_is_not_flagged(project):
     assert summary["skipped"] == [summary["prior"]["note"]]        # 60 rows: too few for a prior estimate
     assert summary["drift"]["prediction_drift"] is False          # the champion's predictions were compared
     assert result.html_path.parent.parent == project / "reports" / "drift" / DOMAIN
-    assert result.html_path.read_text()[:500].lower().count("html")
+    page = result.html_path.read_text()
+    assert page[:500].lower().count("html")
+    header = page[page.index('<section id="metaadapt-header"'):page.index("</section>")]
+    body = page.lower().index("<body")
+    assert body < page.index('id="metaadapt-header"') < page.index('<div id="root_')  # our header, then Evidently
+    assert f"Drift report · {DOMAIN}" in header and "champion v1" in header and "resample.csv (60 rows)" in header
+    assert "No drift" in header and "Nothing to do" in header and 'href="../../../index.html"' in header
 
 
 def test_clear_shift_is_flagged_logged_and_indexed(project):
@@ -70,6 +76,15 @@ def test_clear_shift_is_flagged_logged_and_indexed(project):
     assert len(runs) == 1 and runs.iloc[0]["tags.drift_detected"] == "true"
     artifacts = mlflow.MlflowClient().list_artifacts(runs.iloc[0]["run_id"], "drift")
     assert sorted(a.path for a in artifacts) == ["drift/report.html", "drift/summary.json"]
+
+    page = result.html_path.read_text()
+    header = page[page.index('<section id="metaadapt-header"'):page.index("</section>")]
+    assert "DRIFT" in header and "&lt;b&gt;odd&lt;/b&gt;.csv (60 rows)" in header and "<b>odd</b>" not in header
+    drift = json.loads(result.json_path.read_text())["drift"]
+    assert (f"{drift['embedding_components_drifted']} of {drift['embedding_components_tested']} components drifted"
+            in header)                                                               # not a second column count
+    assert "Check the source first" in header and "metaadapt ingest --domain" in header   # what to do
+    assert "Count of Drifted Columns" not in page and "emb_pc" not in page
 
     index = (project / "reports" / "index.html").read_text()
     assert "&lt;b&gt;odd&lt;/b&gt;.csv" in index and "<b>odd</b>" not in index     # user text escaped
@@ -235,7 +250,8 @@ def test_plots_render_and_are_embedded_with_relative_links(tmp_path):
     params = load_params()
     markdown = summary_plots(params, tmp_path)
     png = tmp_path / "reports" / "plots" / "accuracy_vs_k.png"
-    assert png.read_bytes()[:4] == b"\x89PNG" and "![Accuracy against K (few-shot benchmark)](plots/accuracy_vs_k.png)" in markdown
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "![Accuracy against K (few-shot benchmark, not this run)](plots/accuracy_vs_k.png)" in markdown
     assert "no registered versions yet" in markdown and not (tmp_path / "mlruns").exists()   # no store created
 
     history = {"a": [{"version": 1, "registered_at": "2026-01-01T00:00:00Z", "macro_f1": 0.5, "promoted": True},

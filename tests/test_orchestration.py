@@ -227,6 +227,12 @@ def test_drift_with_no_labelled_data_waiting_publishes_an_alert(project: Path, s
     assert results[DOMAIN]["drift_detected"], results
     alert = wait_for(lambda: latest_artifact("drift-alert-reviews"), 120, "the drift alert artifact (see serve.log)")
     assert "no labelled batch is waiting" in alert and "what drifted" in alert
+    assert results[DOMAIN]["alert"] is True
+    # the next tick finds the same file and the same champion: skipped (no new report, MLflow run or event)
+    reports = sorted((project / "reports" / "drift" / DOMAIN).glob("*/summary.json"))
+    again = monitor(root=str(project))
+    assert again[DOMAIN]["skipped"] is True and again[DOMAIN]["alert"] is False
+    assert sorted((project / "reports" / "drift" / DOMAIN).glob("*/summary.json")) == reports
 
 
 def test_failed_adaptation_keeps_champion_and_batches_and_says_why(project: Path, served) -> None:

@@ -39,7 +39,7 @@ def test_good_batch_is_returned_and_left_in_place(tmp_path):
 
 def test_rejected_batch_is_moved_byte_identical_with_result_and_readme(tmp_path):
     params = make_project(tmp_path)
-    content = GOOD + "x" * 5000 + ",pos\n"  # one text over data.max_text_chars
+    content = GOOD + "x" * 100_001 + ",pos\n"  # one text over data.max_text_chars (100,000)
     batch = _batch(tmp_path, content=content)
     digest = hashlib.sha256(batch.read_bytes()).hexdigest()
     before = tree_digest(tmp_path / "data" / "prepared", tmp_path / "models")
@@ -55,7 +55,7 @@ def test_rejected_batch_is_moved_byte_identical_with_result_and_readme(tmp_path)
     assert stored["sha256"] == digest and stored["original_path"] == str(batch) and stored["domain"] == DOMAIN
     assert stored["name"] == "metaadapt.shop.batch" and stored["failed_checks"] == ["expect_column_value_lengths_to_be_between"]
     assert stored["example_rows"] == [4]
-    assert "[5000 chars]" in json.dumps(stored) and len(json.dumps(stored)) < 20_000  # long texts are clipped
+    assert "[100001 chars]" in json.dumps(stored) and len(json.dumps(stored)) < 20_000  # long texts are clipped
     assert rejected.value.failures == stored["failures"]
     assert "row 4: text='xxxx" in str(rejected.value)
     assert tree_digest(tmp_path / "data" / "prepared", tmp_path / "models") == before
@@ -187,7 +187,7 @@ def test_a_rejected_batch_from_outside_the_project_is_quarantined_as_a_copy(tmp_
 
     root = tmp_path / "project"
     params = make_project(root)
-    original = _outside(tmp_path, content=GOOD + "x" * 5000 + ",pos\n")
+    original = _outside(tmp_path, content=GOOD + "x" * 100_001 + ",pos\n")
     data = original.read_bytes()
     with pytest.raises(BatchRejected) as rejected:
         accept(original, DOMAIN, params, root)

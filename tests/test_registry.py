@@ -150,8 +150,41 @@ def test_run_is_tagged_with_git_commit_and_dvc_data_hashes(tiny_encoder, root):
     result = register(root, make_model_dir(tiny_encoder, root / "model"), 0.5, config)
     tags = mlflow.get_run(result.run_id).data.tags
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert tags["git_commit"] == head and tags["git_dirty"] in {"true", "false"}
+    assert tags["git_commit"] == head
     assert tags["dvc.data.adapt.parquet"] == "abc123"
+
+
+def test_git_dirty_counts_edited_sources_not_what_the_pipeline_wrote(root):
+    """A clean checkout's first run rewrites dvc.lock, *.dvc and reports/ before `register`: still clean."""
+    import subprocess
+
+    def commit_all():
+        subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+        subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+                       check=True)
+
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    for name in ("dvc.lock", "data/batches.dvc", "reports/metrics/toy.json", "params.yaml"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("v: 1\n")
+    commit_all()
+    for name in ("dvc.lock", "data/batches.dvc", "reports/metrics/toy.json"):
+        (root / name).write_text("v: 2  # written by the run\n")
+    assert registry.provenance_tags(root, "toy")["git_dirty"] == "false"
+    (root / "params.yaml").write_text("edited\n")
+    tags = registry.provenance_tags(root, "toy")
+    assert tags["git_dirty"] == "true" and tags["git_dirty_files"] == "params.yaml"
+
+
+def test_registered_version_has_a_signature_and_an_input_example(tiny_encoder, root):
+    result = register(root, make_model_dir(tiny_encoder, root / "model"), 0.5, RegistryConfig(experiment="sig"))
+    info = mlflow.models.get_model_info(f"models:/{result.name}/{result.version}")
+    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.outputs.input_names() == ["label", "score", *(f"p_{l}" for l in LABELS), "error"]
+    assert info.saved_input_example_info is not None
+    example = mlflow.models.Model.load(info.model_uri).load_input_example(mlflow.artifacts.download_artifacts(
+        info.model_uri))
+    assert list(example.columns) == ["text"] and len(example) == 2
 
 
 def test_tampered_model_raises_and_registers_nothing(tiny_encoder, root):

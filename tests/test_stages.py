@@ -27,7 +27,7 @@ def test_summary_marks_a_failed_domain_even_when_old_metrics_exist(tmp_path: Pat
     write(tmp_path / "reports" / "run_status.json", {first: {"status": "failed", "failed_stage": "validate"}})
     rows = {row["domain"]: row for row in summary(params, tmp_path)["domains"]}
     assert rows[first]["status"] == "failed at validate" and "accuracy" not in rows[first]
-    assert all(rows[d]["status"] == "ok" for d in params.domains if d != first)
+    assert all(rows[d]["status"] == "ok (earlier run)" for d in params.domains if d != first)  # not in this run
     assert f"| {first} | failed at validate |" in (tmp_path / "reports" / "summary.md").read_text()
 
 
@@ -66,7 +66,7 @@ def test_summary_puts_baselines_beside_each_number_and_flags_a_domain_below_the_
                                                             "not_evaluated": ["x"], "method": "cosine", "prior": {}})
     rows = {row["domain"]: row for row in summary(params, tmp_path)["domains"]}
     text = (tmp_path / "reports" / "summary.md").read_text()
-    assert "| 0.500 (0.600 / 0.550) | 0.200 (0.250 / 0.500) |" in text
+    assert "| 0.200 (0.250 / 0.500 / n/a) | 0.500 (0.600 / 0.550 / n/a) |" in text
     assert "**NO** (macro_f1)" in text and f"**{first}: does not beat always answering the majority class" in text
     assert f"{first}: label 'x' has 3 labelled row(s) < k=8" in text and "not evaluated" in text
     assert all(rows[d]["status"] == "not run" for d in others)                  # never run is not "failed"
@@ -74,3 +74,23 @@ def test_summary_puts_baselines_beside_each_number_and_flags_a_domain_below_the_
     summary(params, tmp_path)
     text = (tmp_path / "reports" / "summary.md").read_text()
     assert "**NO**" not in text and "does not beat" not in text
+
+
+def test_summary_reads_the_champion_from_the_registry_never_from_this_runs_candidate(tmp_path: Path) -> None:
+    """After `dvc exp run` the registry file holds the experiment's version: it is this run's candidate, and the
+    champion column says what the registry says (here: no registry at all, so none), never v7."""
+    params = load_params()
+    first, *others = list(params.domains)
+    metrics = {"accuracy": 0.9, "macro_f1": 0.8, "balanced_accuracy": 0.8, "majority_macro_f1": 0.2,
+               "zero_shot_macro_f1": 0.5, "kshot_macro_f1": 0.7, "k": 8, "n_labels": 3, "eval_rows": 10}
+    write(StagePaths(tmp_path, first).report("metrics"), metrics)
+    write(StagePaths(tmp_path, first).report("registry"), {"version": 7, "promoted": False, "experiment": True,
+                                                           "champion_version": 7, "reason": "registered as experiment"})
+    rows = {row["domain"]: row for row in summary(params, tmp_path)["domains"]}
+    text = (tmp_path / "reports" / "summary.md").read_text()
+    assert rows[first]["candidate_version"] == 7 and rows[first]["gate"] == "experiment"
+    assert rows[first]["champion_version"] is None and "| v7 → experiment | none |" in text
+    assert "0.800 (0.200 / 0.500 / 0.700)" in text                       # K-shot beside majority and zero-shot
+    assert f"{first} gate (experiment): registered as experiment" in text
+    assert all(rows[d]["status"] == "not run" for d in others)
+    assert not (tmp_path / "mlruns").exists()                            # no registry created by reading it

@@ -42,7 +42,7 @@ def test_valid_frame_passes(tmp_path):
     write_outcome(outcome, path)
     stored = json.loads(path.read_text())
     assert stored["success"] is True and stored["name"] == "unit"
-    assert set(stored) == {"name", "success", "failures", "failed_checks", "example_rows", "statistics", "result"}
+    assert set(stored) == {"name", "success", "failures", "warnings", "failed_checks", "example_rows", "statistics", "result"}
     assert stored["result"]["statistics"]["evaluated_expectations"] >= 8
 
 
@@ -210,7 +210,7 @@ def test_error_message_lists_every_failure():
 from bad_inputs.tiny_domain import ADAPT, DOMAIN, EVAL, make_project, tree_digest  # noqa: E402
 
 from components.validation import (  # noqa: E402
-    SuiteRunner,
+    text_keys,
     SuiteSpec,
     adapt_spec,
     batch_spec,
@@ -373,7 +373,8 @@ def test_augmented_copies_are_not_counted_as_duplicates(shop):
     assert outcomes["meta_source.cr"].success
     assert outcomes["meta_source.cr"].statistics["evaluated_expectations"] >= 7
     doubled = validate_domain(params, DOMAIN, _pairs(ADAPT), _pairs(EVAL), pool.drop(columns="augmented"))
-    assert any("duplicate share 0.50" in f for f in doubled["meta_source.cr"].failures)
+    assert any("duplicate share 0.50" in w for w in doubled["meta_source.cr"].warnings)  # reported, not refused
+    assert doubled["meta_source.cr"].success
 
 
 def test_stored_payload_clips_huge_texts():
@@ -384,19 +385,34 @@ def test_stored_payload_clips_huge_texts():
 
 
 def test_data_docs_are_built_offline_and_replaced(tmp_path):
-    runner = SuiteRunner()
-    spec_frame = _frame()
+    """One self-contained page per domain: every suite, a badge per expectation, no external asset, no script."""
+    from components.data_docs import write_data_docs
 
     spec = SuiteSpec(domain="docs", role="adapt", allowed_labels=tuple(LABELS), min_rows_per_label=2,
-                     max_text_chars=60, require_every_label=True)
-    assert validate_frame(spec_frame, spec, runner).success
+                     max_text_chars=60, require_every_label=True, banned_text_keys=text_keys([f"e{i}" for i in range(50)]))
+    outcome = validate_frame(_frame(), spec)
+    assert outcome.success
     (tmp_path / "docs" / "stale.html").parent.mkdir()
     (tmp_path / "docs" / "stale.html").write_text("old run")
-    index = runner.build_data_docs(tmp_path / "docs")
-    assert index == (tmp_path / "docs" / "index.html").resolve() and index.is_file()
-    assert "metaadapt.docs.adapt" in index.read_text(encoding="utf-8")
-    assert list((tmp_path / "docs" / "validations" / "metaadapt" / "docs" / "adapt").rglob("*.html"))
-    assert not (tmp_path / "docs" / "stale.html").exists()
+    index = write_data_docs(tmp_path / "docs", "docs", {"adapt": outcome})
+    page = index.read_text(encoding="utf-8")
+    assert index == (tmp_path / "docs" / "index.html").resolve() and not (tmp_path / "docs" / "stale.html").exists()
+    assert "metaadapt.docs.adapt" in page and page.count("✔ PASS") == len(outcome.result_json["results"]) + 2
+    assert "50 hashes of the evaluation split's texts (not listed)" in page   # not 50 hashes
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def test_duplicates_in_a_data_set_warn_and_leakage_still_fails():
+    """A source's own repeated texts are reported as a warning; an evaluation text in it is still refused."""
+    frame = _frame()
+    doubled = pd.concat([frame, frame], ignore_index=True)
+    spec = SuiteSpec(domain="d", role="meta_source.x", allowed_labels=None, min_rows_per_label=1, max_text_chars=60,
+                     max_duplicate_fraction=0.1, duplicates_warn_only=True)
+    outcome = validate_frame(doubled, spec)
+    assert outcome.success and outcome.failures == []
+    assert outcome.warnings == ["text: duplicate share 0.50 exceeds maximum 0.10 (unique share 0.50, expected >= 0.90)"]
+    leaking = SuiteSpec(**{**spec.__dict__, "banned_text_keys": text_keys([frame["text"][0]])})
+    assert not validate_frame(doubled, leaking).success
 
 
 def _prepared_domain(root, adapt_rows, eval_rows):

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override encoder_tuning.steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="override encoder_tuning.max_minutes")
     parser.add_argument("--labels-per-batch", type=int, default=None, help="override encoder_tuning.labels_per_batch")
+    parser.add_argument("--description-rows", nargs="*", type=int, default=None,
+                        help="override adapt.description_rows (label-description fusion)")
+    parser.add_argument("--rows-per-label", type=int, default=None, help="override encoder_tuning.rows_per_label")
     parser.add_argument("--tune-max-length", type=int, default=None, help="override encoder_tuning.max_length")
     parser.add_argument("--encoder", default=None, help="override encoder.name (e.g. all-mpnet-base-v2)")
     parser.add_argument("--eval-max-rows", type=int, default=1000)
@@ -116,7 +119,7 @@ def scores(truth, predicted, labels) -> dict[str, float]:
 def tuned_encoder(params, meta_pool, scope: str, log: Clock):
     """A copy of the base encoder meta-fine-tuned on the meta pool (components.encoder_tuning)."""
     from components.encoder import load_encoder
-    from components.encoder_tuning import source_rows, tune_encoder, describe
+    from components.encoder_tuning import contrastive_tune, describe, source_rows
     from components.scopes import prepare_encoder
 
     config = params.encoder_tuning.model_copy(update={"scope": scope})
@@ -125,7 +128,7 @@ def tuned_encoder(params, meta_pool, scope: str, log: Clock):
     if scope == "lora":
         config = config.model_copy(update={"lr": max(config.lr, 5e-4)})
     rows = source_rows(meta_pool, config.max_rows, params.seed)
-    summary = tune_encoder(encoder, rows, config, params.seed, progress=log)
+    summary = contrastive_tune(encoder, rows, config, params.seed, progress=log)
     if scope == "lora":
         encoder.model = encoder.model.merge_and_unload()
     log(describe(summary))
@@ -270,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = load_params(ROOT / "params.yaml")
     update = {k: v for k, v in (("steps", args.steps), ("max_minutes", args.max_minutes),
-                                ("labels_per_batch", args.labels_per_batch), ("max_length", args.tune_max_length))
+                                ("labels_per_batch", args.labels_per_batch), ("max_length", args.tune_max_length),
+                                ("rows_per_label", args.rows_per_label))
               if v is not None}
     changes = {"encoder_tuning": params.encoder_tuning.model_copy(update=update)}
+    if args.description_rows is not None:
+        changes["adapt"] = params.adapt.model_copy(update={"description_rows": args.description_rows})
     if args.encoder:
         changes["encoder"] = params.encoder.model_copy(update={"name": args.encoder})
     params = params.model_copy(update=changes)

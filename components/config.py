@@ -186,6 +186,7 @@ class EncoderTuningConfig(_Strict):
     temperature: float = Field(default=0.1, gt=0.0, le=10.0, description="supervised contrastive temperature")
     labels_per_batch: int = Field(default=16, ge=2, le=1024)
     rows_per_label: int = Field(default=4, ge=2, le=256)
+    min_batch_rows: int = Field(default=32, ge=0, le=4096, description="more rows per label when a task has few labels")
     max_length: int = Field(default=48, ge=8, le=512, description="training sequences are cut to this many tokens")
     max_rows: int | None = Field(default=None, ge=4, description="cap on source rows used (null = the meta pool)")
     gradient_checkpointing: bool = Field(default=False, description="trades compute for memory (large encoders)")

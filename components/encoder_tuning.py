@@ -80,9 +80,11 @@ def label_groups(rows: SourceRows, min_rows: int = 2) -> dict[str, list[np.ndarr
 
 
 def batch_plan(groups: dict[str, list[np.ndarray]], steps: int, labels_per_batch: int, rows_per_label: int,
-               seed: int) -> list[np.ndarray]:
+               seed: int, min_batch_rows: int = 0) -> list[np.ndarray]:
     """Row indices of each step's batch: a task drawn in proportion to the square root of its row count (large
-    sources do not drown small ones), then up to ``labels_per_batch`` of its labels, ``rows_per_label`` rows each."""
+    sources do not drown small ones), then up to ``labels_per_batch`` of its labels, ``rows_per_label`` rows each —
+    more per label when the task has few labels, so a batch has at least ``min_batch_rows`` rows (a binary task
+    would otherwise give 8-row batches with too few negatives)."""
     if not groups:
         raise ValueError("encoder tuning needs a source task with at least two labels of two rows each")
     rng = np.random.default_rng(seed)
@@ -93,8 +95,9 @@ def batch_plan(groups: dict[str, list[np.ndarray]], steps: int, labels_per_batch
     for _ in range(steps):
         per_label = groups[names[rng.choice(len(names), p=weights)]]
         chosen = rng.choice(len(per_label), size=min(labels_per_batch, len(per_label)), replace=False)
-        plan.append(np.concatenate([rng.choice(per_label[c], size=min(rows_per_label, len(per_label[c])),
-                                               replace=False) for c in chosen]))
+        per = max(rows_per_label, math.ceil(min_batch_rows / len(chosen)))
+        plan.append(np.concatenate([rng.choice(per_label[c], size=min(per, len(per_label[c])), replace=False)
+                                    for c in chosen]))
     return plan
 
 
@@ -173,7 +176,8 @@ def contrastive_tune(encoder: TextEncoder, rows: SourceRows, config: EncoderTuni
     """
     torch.manual_seed(seed)
     groups = label_groups(rows)
-    plan = batch_plan(groups, config.steps, config.labels_per_batch, config.rows_per_label, seed)
+    plan = batch_plan(groups, config.steps, config.labels_per_batch, config.rows_per_label, seed,
+                      config.min_batch_rows)
     trainable, optimizer, schedule = _optimizer(encoder, config, len(plan))
     first_step, losses = _resume(checkpoints, trainable, optimizer, schedule)
     if first_step and progress:

@@ -202,3 +202,9 @@ def test_the_large_tier_assembles_from_its_split_pieces(tmp_path) -> None:
     assert assembled_model_path(tmp_path) is None
     path = assemble(tmp_path)
     assert (path / "config.json").is_file() and assembled_model_path(tmp_path) == path
+
+
+def test_a_task_with_few_labels_gets_more_rows_per_label() -> None:
+    data = rows(per_label=20)
+    plan = batch_plan(label_groups(data), steps=5, labels_per_batch=16, rows_per_label=4, seed=0, min_batch_rows=16)
+    assert all(len(batch) == 16 for batch in plan)          # 2 labels x 8 rows, not 2 x 4

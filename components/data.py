@@ -163,7 +163,8 @@ def _local_file(name: str, spec: DatasetSpec, split: str, mirror: Path | None) -
     if mirror is None:
         return None
     try:
-        candidate = safe_child(mirror / check_name("data set", name), declared)
+        folder = mirror / spec.mirror_folder if spec.mirror_folder else mirror / check_name("data set", name)
+        candidate = safe_child(folder, declared)
     except UnsafeInputError as error:
         raise DataError(f"data set {name!r} split {split!r}: {error}") from None
     return candidate if candidate.is_file() else None

@@ -90,6 +90,22 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 # ------------------------------------------------------------------------------------------------ stages
 
 
+def entity_aware(stage):
+    """A domain with ``task: entities`` runs the stage of the same name in components.ner_stages instead."""
+    import functools
+
+    @functools.wraps(stage)
+    def run(params: Params, domain: str, root: Path = PROJECT_ROOT):
+        if params.domain(domain).task == "entities":
+            from components import ner_stages
+
+            return ner_stages.STAGES[stage.__name__](params, domain, root)
+        return stage(params, domain, root)
+    return run
+
+
+
+@entity_aware
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
     from components.batches import load_batches_with_hashes
@@ -120,6 +136,7 @@ def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return manifest
 
 
+@entity_aware
 def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """GE suites per role (adaptation pool, evaluation split, each meta-training source); a failure stops the domain.
 
@@ -145,6 +162,7 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return summary
 
 
+@entity_aware
 def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Embed the meta-training pool (cached by text) and sample train/validation episodes from disjoint rows."""
     from components.episodes import sample_episodes, save_episodes, split_pool_rows
@@ -171,6 +189,7 @@ def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return counts
 
 
+@entity_aware
 def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Meta-train the domain's head (and adapters) on its episodes; log an MLflow run; save the learner."""
     import torch
@@ -337,6 +356,7 @@ def traffic_texts(params: Params, root: Path, domain: str) -> list[str]:
     return texts[:params.adapt.traffic_max_rows]
 
 
+@entity_aware
 def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Adapt the meta-trained learner to every labelled row of the domain (up to adapt.max_per_label per label).
 
@@ -395,6 +415,7 @@ def zero_shot_predictions(head, encoder, vectors: np.ndarray, labels: list[str],
     return zero_shot(head, prompts, labels).predict(head, torch.as_tensor(vectors))
 
 
+@entity_aware
 def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Score the candidate on the held-out split beside the majority-class and zero-shot baselines (same rows).
 
@@ -451,6 +472,7 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return metrics
 
 
+@entity_aware
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
@@ -538,6 +560,7 @@ def champion_staleness(champion: dict, champion_labels: list[str], candidate_lab
     return None
 
 
+@entity_aware
 def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Evidently report: the domain's adaptation pool (reference) against a batch of its held-out data (current)."""
     from components.drift import drift_report
@@ -643,7 +666,11 @@ def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
         if r["status"] != "ok":
             lines.append(f"| {r['domain']} | {r['status']} |" + " |" * 11)
             continue
-        lines.append(_summary_line(r))
+        if r.get("task") == "entities":
+            from components.ner_stages import summary_line
+            lines.append(summary_line(r))
+        else:
+            lines.append(_summary_line(r))
         notes += _summary_notes(r)
     text = f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{header}" + "\n".join(lines) + "\n"
     return text + ("\n" + "\n".join(f"- {note}" for note in notes) + "\n" if notes else "")

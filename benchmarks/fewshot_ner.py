@@ -227,13 +227,14 @@ def run(args) -> dict:
                 s_tags = pool["tags"].iloc[chosen].tolist()
                 s_vectors = features(s_tokens)
                 row = {"target": target, "k": k, "seed": seed, "support_sentences": len(chosen), "methods": {}}
-                for name, head in (("metaadapt", trained), ("untrained_head", untrained)):
+                for name, head, others in (("metaadapt", trained, [untrained.head]), ("untrained_head", untrained, [])):
                     t0 = time.perf_counter()
                     model = adapt_entities(head.head, s_vectors, s_tokens, s_tags, head.transitions, config.methods,
-                                           config.o_biases, config.transition_weights)
+                                           config.o_biases, config.transition_weights, other_heads=others)
                     adapt_s = time.perf_counter() - t0
                     row["methods"][name] = {**scores(truth, tag_sentences(model, test_vectors)),
-                                            "adapt_seconds": adapt_s, "settings": model.settings.__dict__}
+                                            "adapt_seconds": adapt_s, "settings": model.settings.__dict__,
+                                            "head": model.info["head"]}
                 row["methods"]["prototypes"] = scores(truth, prototype_baseline(s_vectors, s_tags, test_vectors))
                 row["methods"]["linear_probe"] = scores(truth, linear_probe_tags(s_vectors, s_tags, test_vectors, seed))
                 row["support"] = chosen
@@ -241,7 +242,12 @@ def run(args) -> dict:
                 print(target, f"K={k}", f"seed={seed}", f"support={len(chosen)}",
                       {m: round(v["f1"], 1) for m, v in row["methods"].items()}, flush=True)
     save(results, args)
+    earlier = _earlier_finetune(args.finetune_from)
     for row in results["runs"]:   # the slow baseline last, saving after each run, so a cut-short run keeps the rest
+        key = (row["target"], row["k"], row["seed"], tuple(row["support"]))
+        if key in earlier:        # the same support set fine-tuned by an earlier run (--finetune-from)
+            row["methods"]["finetune"] = earlier[key]
+            continue
         if row["seed"] >= args.finetune_seeds:
             continue
         pool, frame = data[row["target"]]["train"], test[row["target"]]
@@ -255,6 +261,16 @@ def run(args) -> dict:
               round(row["methods"]["finetune"]["f1"], 1), flush=True)
         save(results, args)
     return results
+
+
+def _earlier_finetune(path: Path | None) -> dict:
+    """Fine-tuning results of an earlier run by (target, K, seed, support sentences): the baseline does not depend
+    on the embedding methods, so a rerun of those need not pay for it again."""
+    if path is None or not Path(path).is_file():
+        return {}
+    runs = json.loads(Path(path).read_text())["runs"]
+    return {(r["target"], r["k"], r["seed"], tuple(r["support"])): r["methods"]["finetune"]
+            for r in runs if "finetune" in r["methods"] and "support" in r}
 
 
 def save(results: dict, args) -> None:
@@ -304,6 +320,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-max", type=int, default=1000, help="test sentences per target (random sample)")
     parser.add_argument("--finetune-seeds", type=int, default=5, help="seeds that also run full fine-tuning")
     parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-from", type=Path, default=None,
+                        help="reuse fine-tuning results of an earlier fewshot_ner.json for identical support sets")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ner")
     args = parser.parse_args(argv)
     started = time.perf_counter()

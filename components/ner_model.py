@@ -10,6 +10,7 @@ source data, so every output span is well formed.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -143,11 +144,17 @@ def log_softmax(sims: np.ndarray, temperature: float, o_bias: float) -> np.ndarr
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
 
+@functools.lru_cache(maxsize=64)
+def _transitions(types: tuple[str, ...], transitions: tuple[tuple[str, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The BIO transition matrix of a type set, built once (decoding calls it per sentence)."""
+    return transition_matrix(list(types), dict(transitions))
+
+
 def decode_tags(log_p: np.ndarray, types: Sequence[str], transitions: dict[str, float],
                 weight: float) -> tuple[list[str], np.ndarray]:
     """Viterbi over BIO labels from type-level log probabilities; returns tags and the decoded type's probability."""
     labels = bio_labels(types)
-    trans, start = transition_matrix(types, transitions)
+    trans, start = _transitions(tuple(types), tuple(sorted(transitions.items())))
     path = viterbi(type_to_bio_emissions(log_p), trans, start, weight)
     type_index = [0 if j == 0 else (j - 1) // 2 + 1 for j in path]
     return [labels[j] for j in path], np.exp(log_p[np.arange(len(path)), type_index])
@@ -164,27 +171,42 @@ def support_labels_of(tag_lists: Sequence[Sequence[str]], types: Sequence[str]) 
 def adapt_entities(head: ProjectionHead, support_vectors: Sequence[np.ndarray], support_tokens: Sequence[Sequence[str]],
                    support_tags: Sequence[Sequence[str]], transitions: dict[str, float],
                    methods: Sequence[str] = ("proto", "nnshot"), o_biases: Sequence[float] = (-0.15, -0.1, -0.05, 0.0, 0.05),
-                   transition_weights: Sequence[float] = (0.5, 1.0), encoder: dict | None = None) -> EntityModel:
-    """An EntityModel whose decode settings maximise leave-one-sentence-out entity F1 on the support set.
+                   transition_weights: Sequence[float] = (0.5, 1.0), encoder: dict | None = None,
+                   other_heads: Sequence[ProjectionHead] = ()) -> EntityModel:
+    """An EntityModel whose head and decode settings maximise leave-one-sentence-out entity F1 on the support set.
 
-    With a single candidate per setting nothing is cross-validated (the candidate is used as given).
+    ``other_heads`` (e.g. the untrained identity head) compete with ``head`` in that CV, as ``adapt.select_head``
+    does for sentence labels: meta-training on news entities need not help slot types, and the support set says so.
+    Ties keep ``head``. With a single candidate nothing is cross-validated (the candidate is used as given).
     """
     types = support_types(support_tags)
     if not types:
         raise ValueError("the support set has no entity mention: nothing to adapt to")
-    model = EntityModel(types, head.eval(), np.concatenate(support_vectors).astype(np.float32),
-                        support_labels_of(support_tags, types),
-                        np.concatenate([np.full(len(v), i) for i, v in enumerate(support_vectors)]),
-                        [list(t) for t in support_tokens], dict(transitions), encoder=dict(encoder or {}))
+    heads = [head, *other_heads]
     grid = [DecodeSettings(m, b, w) for m, b, w in itertools.product(methods, o_biases, transition_weights)]
-    if len(grid) > 1:
+    best, scores = None, {}
+    for index, candidate in enumerate(heads):
+        model = EntityModel(types, candidate.eval(), np.concatenate(support_vectors).astype(np.float32),
+                            support_labels_of(support_tags, types),
+                            np.concatenate([np.full(len(v), i) for i, v in enumerate(support_vectors)]),
+                            [list(t) for t in support_tokens], dict(transitions), encoder=dict(encoder or {}))
+        if len(grid) * len(heads) == 1:
+            return _chosen(model, grid[0], {}, 0)
         sims = {m: loo_similarities(model, m) for m in methods}
-        scores = {s: cross_validated_f1(model, support_tags, s, sims[s.method]) for s in grid}
-    else:
-        scores = {grid[0]: float("nan")}
-    model.settings = max(grid, key=lambda s: (scores[s], -abs(s.o_bias), s.transition_weight))
-    model.info = {"types": types, "support_sentences": len(support_tokens), "settings": model.settings.__dict__,
-                  "cv_f1": {f"{s.method}|{s.o_bias}|{s.transition_weight}": round(v, 4) for s, v in scores.items()}}
+        for settings in grid:
+            scores[(index, settings)] = cross_validated_f1(model, support_tags, settings, sims[settings.method])
+            key = (scores[(index, settings)], -index, -abs(settings.o_bias), settings.transition_weight)
+            if best is None or key > best[0]:
+                best = (key, model, settings, index)
+    return _chosen(best[1], best[2], scores, best[3])
+
+
+def _chosen(model: EntityModel, settings: DecodeSettings, scores: dict, head_index: int) -> EntityModel:
+    model.settings = settings
+    model.info = {"types": model.types, "support_sentences": len(model.support_tokens),
+                  "settings": settings.__dict__, "head": "given" if head_index == 0 else f"alternative {head_index}",
+                  "cv_f1": {f"head{i}|{s.method}|{s.o_bias}|{s.transition_weight}": round(v, 4)
+                            for (i, s), v in scores.items()}}
     return model
 
 

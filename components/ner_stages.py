@@ -221,6 +221,7 @@ def support_set(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
 
 def adapt(params: Params, domain: str, root: Path) -> dict:
     """Adapt to a K-shot support of the pool: settings by support-set CV, saved as an entity model."""
+    from components.meta import ProjectionHead
     from components.ner_model import adapt_entities, save_entity_model
     from components.token_features import encoder_settings, pipeline_word_features
 
@@ -230,8 +231,9 @@ def adapt(params: Params, domain: str, root: Path) -> dict:
     head, transitions = load_meta(paths)
     started = time.perf_counter()
     vectors = pipeline_word_features(support["tokens"].tolist(), params, root)
+    others = [ProjectionHead(head.linear.in_features, params.meta.temperature_init)] if params.adapt.select_head else []
     model = adapt_entities(head, vectors, support["tokens"].tolist(), support["tags"].tolist(), transitions,
-                           cfg.methods, cfg.o_biases, cfg.transition_weights, encoder_settings(params))
+                           cfg.methods, cfg.o_biases, cfg.transition_weights, encoder_settings(params), others)
     seconds = time.perf_counter() - started
     save_entity_model(model, paths.candidate)
     support.to_parquet(paths.prepared / "support.parquet", index=False)
@@ -239,7 +241,8 @@ def adapt(params: Params, domain: str, root: Path) -> dict:
     pool_types = entity_types(pool["tags"])
     info = {"task": "entities", "support_rows": len(support), "support_mentions": counts, "types": model.types,
             "chosen": f"{model.settings.method} (O bias {model.settings.o_bias:+g}, transitions "
-                      f"x{model.settings.transition_weight:g})", "adapt_seconds": round(seconds, 3),
+                      f"x{model.settings.transition_weight:g}, "
+                      f"{'meta-trained' if model.info['head'] == 'given' else 'untrained'} head)", "adapt_seconds": round(seconds, 3),
             "adapt_total_seconds": round(seconds, 3), "cv_f1": model.info.get("cv_f1"),
             "warnings": [f"type {t!r} has {counts.get(t, 0)} mention(s) in the support < k={params.domain(domain).k}"
                          for t in pool_types if counts.get(t, 0) < params.domain(domain).k]}
@@ -338,15 +341,15 @@ def register(params: Params, domain: str, root: Path) -> dict:
 
 def drift(params: Params, domain: str, root: Path) -> dict:
     """Evidently report on sentences (descriptors, mean word embeddings, main entity type as the label column)
-    plus a chi-square test of the entity-type mix of mentions (reference: the adaptation pool; current: a sample
-    of the held-out sentences)."""
+    plus a chi-square test of the entity-type mix of mentions (reference: a sample of the adaptation pool; current:
+    a sample of the held-out sentences; ``entities.drift_max_sentences`` each)."""
     from components.drift import drift_report
     from components.token_features import pipeline_word_features
 
     paths = _paths(root, domain)
-    reference = _read(paths, "adapt")
-    current = _read(paths, "eval")
-    current = current.sample(n=min(len(current), params.entities.drift_max_sentences), random_state=params.seed)
+    cap = params.entities.drift_max_sentences   # both sides sampled: the pool's word vectors are not cached elsewhere
+    reference, current = (frame.sample(n=min(len(frame), cap), random_state=params.seed)
+                          for frame in (_read(paths, "adapt"), _read(paths, "eval")))
     frames, embeddings = [], []
     for frame in (reference, current):
         frames.append(pd.DataFrame({"text": frame["tokens"].map(" ".join), "label": frame["tags"].map(main_type)}))

@@ -230,7 +230,8 @@ def run(args) -> dict:
                 for name, head, others in (("metaadapt", trained, [untrained.head]), ("untrained_head", untrained, [])):
                     t0 = time.perf_counter()
                     model = adapt_entities(head.head, s_vectors, s_tokens, s_tags, head.transitions, config.methods,
-                                           config.o_biases, config.transition_weights, other_heads=others)
+                                           config.o_biases, config.transition_weights, other_heads=others,
+                                           head_margin=config.head_margin)
                     adapt_s = time.perf_counter() - t0
                     row["methods"][name] = {**scores(truth, tag_sentences(model, test_vectors)),
                                             "adapt_seconds": adapt_s, "settings": model.settings.__dict__,
@@ -243,7 +244,8 @@ def run(args) -> dict:
                       {m: round(v["f1"], 1) for m, v in row["methods"].items()}, flush=True)
     save(results, args)
     earlier = _earlier_finetune(args.finetune_from)
-    for row in results["runs"]:   # the slow baseline last, saving after each run, so a cut-short run keeps the rest
+    # the slow baseline last, largest K first, saving after each run, so a cut-short run keeps what matters most
+    for row in sorted(results["runs"], key=lambda r: (-r["k"], r["seed"], r["target"])):
         key = (row["target"], row["k"], row["seed"], tuple(row["support"]))
         if key in earlier:        # the same support set fine-tuned by an earlier run (--finetune-from)
             row["methods"]["finetune"] = earlier[key]

@@ -321,6 +321,8 @@ class EntitiesConfig(_Strict):
     o_biases: list[float] = Field(default_factory=lambda: [-0.2, -0.15, -0.1, -0.05, 0.0, 0.05], min_length=1,
                                   description="cosine added to the O class; support-set CV picks one")
     transition_weights: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=1)
+    head_margin: float = Field(default=0.05, ge=0.0, le=1.0, description="with adapt.select_head, the untrained "
+                               "head replaces the meta-trained one only when its support-set CV F1 is this much higher")
     min_sentence_words: int = Field(default=1, ge=1)
     max_sentence_words: int = Field(default=150, ge=2, le=2000, description="longer sentences are refused")
     drift_max_sentences: int = Field(default=300, ge=10)

@@ -233,7 +233,8 @@ def adapt(params: Params, domain: str, root: Path) -> dict:
     vectors = pipeline_word_features(support["tokens"].tolist(), params, root)
     others = [ProjectionHead(head.linear.in_features, params.meta.temperature_init)] if params.adapt.select_head else []
     model = adapt_entities(head, vectors, support["tokens"].tolist(), support["tags"].tolist(), transitions,
-                           cfg.methods, cfg.o_biases, cfg.transition_weights, encoder_settings(params), others)
+                           cfg.methods, cfg.o_biases, cfg.transition_weights, encoder_settings(params), others,
+                           cfg.head_margin)
     seconds = time.perf_counter() - started
     save_entity_model(model, paths.candidate)
     support.to_parquet(paths.prepared / "support.parquet", index=False)

@@ -58,11 +58,16 @@ def _read_checked(path: Path) -> pd.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    require_nonempty_file(path)
+    return _read_raw(path, kind)
+
+
+def require_nonempty_file(path: Path) -> None:
+    """DataError naming the file when it does not exist or is empty (every reader checks this first)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    return _read_raw(path, kind)
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from components.data import DataError
+from components.data import DataError, require_nonempty_file
 
 TOKEN_READERS = {".jsonl": "jsonl", ".json": "jsonl", ".conll": "conll", ".txt": "conll", ".tsv": "conll",
                  ".iob": "conll", ".bio": "conll"}
@@ -50,10 +50,7 @@ def read_token_file(path: Path, tokens_column: str = "tokens", tags_column: str 
     kind = TOKEN_READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported token file type {path.suffix!r}; use one of {sorted(TOKEN_READERS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+    require_nonempty_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:

@@ -48,6 +48,11 @@ class DatasetSpec(_Strict):
     text_column: str = "text"
     label_column: str = "label"
     text_group: str | None = None
+    # entity data (a domain with task: entities): one list of words and one list of BIO tags per sentence
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    mirror_folder: str | None = Field(default=None, description="folder under the mirror holding the files "
+                                      "(default: the data set's name), e.g. ner/conll2003")
 
     @model_validator(mode="after")
     def _has_a_source(self) -> DatasetSpec:
@@ -60,6 +65,8 @@ class DatasetSpec(_Strict):
         """Split names are path-safe; a relative file stays inside the mirror (absolute paths are the user's own)."""
         from components.safety import check_name, check_relative_path, has_credentials, redact_uri
 
+        if self.mirror_folder is not None:
+            check_relative_path(self.mirror_folder)
         for split, file in self.files.items():
             check_name("split", split)
             if not Path(file).expanduser().is_absolute():
@@ -118,6 +125,8 @@ class EncoderConfig(_Strict):
 
 class DomainConfig(_Strict):
     dataset: str
+    task: Literal["classification", "entities"] = Field(
+        default="classification", description="entities: few-shot entity extraction (BIO tags per word; `entities:`)")
     adapt_split: str
     eval_split: str
     eval_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
@@ -347,6 +356,33 @@ class MonitoringConfig(_Strict):
                                          "reports/drift/<domain>/; older ones are deleted (their copies stay in MLflow)")
 
 
+class EntitiesConfig(_Strict):
+    """Few-shot entity extraction (domains with task: entities): word features, episodes, adaptation, validation."""
+
+    pooling: Literal["first", "mean"] = Field(default="first", description="word vector from its sub-token pieces")
+    max_length: int = Field(default=256, ge=16, le=512, description="sub-tokens per sentence for word features")
+    layers: list[int] = Field(default_factory=lambda: [3], min_length=1, description="hidden states averaged for "
+                              "a word vector (0 = embeddings, 1..L the layers, -1 = the last)")
+    source_max_sentences: int = Field(default=3000, ge=10, description="sentences per meta-training source (cap)")
+    adapt_pool_max_sentences: int = Field(default=3000, ge=10, description="sentences of the adaptation pool (cap)")
+    eval_max_sentences: int = Field(default=500, ge=10, description="held-out sentences evaluated (cap)")
+    train_episodes: int = Field(default=400, ge=1)
+    val_episodes: int = Field(default=60, ge=1)
+    epochs: int = Field(default=4, ge=0, le=100)
+    way_min: int = Field(default=2, ge=1)
+    shot_max: int = Field(default=5, ge=1, le=100, description="K of a meta-training episode is drawn from 1..shot_max")
+    query_shots: int = Field(default=2, ge=1, le=100, description="mentions per type in an episode's query")
+    methods: list[Literal["proto", "nnshot"]] = Field(default_factory=lambda: ["proto", "nnshot"], min_length=1)
+    o_biases: list[float] = Field(default_factory=lambda: [-0.2, -0.15, -0.1, -0.05, 0.0, 0.05], min_length=1,
+                                  description="cosine added to the O class; support-set CV picks one")
+    transition_weights: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=1)
+    head_margin: float = Field(default=0.05, ge=0.0, le=1.0, description="with adapt.select_head, the untrained "
+                               "head replaces the meta-trained one only when its support-set CV F1 is this much higher")
+    min_sentence_words: int = Field(default=1, ge=1)
+    max_sentence_words: int = Field(default=150, ge=2, le=2000, description="longer sentences are refused")
+    drift_max_sentences: int = Field(default=300, ge=10)
+
+
 class Params(_Strict):
     seed: int = Field(default=13, ge=0)
     data: DataConfig = DataConfig()
@@ -364,6 +400,7 @@ class Params(_Strict):
     validation: ValidationConfig = ValidationConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    entities: EntitiesConfig = EntitiesConfig()
 
     @model_validator(mode="after")
     def _one_encoder_training(self) -> Params:

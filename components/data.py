@@ -58,11 +58,16 @@ def _read_checked(path: Path) -> pd.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    require_nonempty_file(path)
+    return _read_raw(path, kind)
+
+
+def require_nonempty_file(path: Path) -> None:
+    """DataError naming the file when it does not exist or is empty (every reader checks this first)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
-    return _read_raw(path, kind)
 
 
 def read_texts(path: Path, text_column: str = "text") -> list[str]:
@@ -163,7 +168,8 @@ def _local_file(name: str, spec: DatasetSpec, split: str, mirror: Path | None) -
     if mirror is None:
         return None
     try:
-        candidate = safe_child(mirror / check_name("data set", name), declared)
+        folder = mirror / spec.mirror_folder if spec.mirror_folder else mirror / check_name("data set", name)
+        candidate = safe_child(folder, declared)
     except UnsafeInputError as error:
         raise DataError(f"data set {name!r} split {split!r}: {error}") from None
     return candidate if candidate.is_file() else None

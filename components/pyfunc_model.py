@@ -103,8 +103,14 @@ class MetaAdaptPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         # Imported here so that executing this file (MLflow does so at logging time) stays cheap.
+        from components.ner_model import is_entity_model
         from components.predictor import Predictor
 
+        if is_entity_model(context.artifacts["model_dir"]):   # task: entities -> spans (components.ner_predictor)
+            from components.ner_predictor import EntityPredictor
+
+            self.predictor = EntityPredictor.from_directory(context.artifacts["model_dir"], device="cpu")
+            return
         self.predictor = Predictor.from_directory(context.artifacts["model_dir"], device="cpu")
 
     # MLflow 3 reads predict()'s type hints: pd.DataFrame is one it uses for neither validation nor signature
@@ -114,6 +120,10 @@ class MetaAdaptPyfunc(mlflow.pyfunc.PythonModel):
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
         if self.predictor is None:
             raise RuntimeError("MetaAdaptPyfunc.predict called before load_context")
+        if not hasattr(self.predictor, "predict_proba"):   # an entity model: one row of spans per input
+            from components.ner_predictor import entities_frame
+
+            return entities_frame(self.predictor, model_input)
         texts, index = texts_from_input(model_input)
         errors = row_errors(texts)
         labels = self.predictor.labels

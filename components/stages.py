@@ -92,6 +92,22 @@ def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndar
 # ------------------------------------------------------------------------------------------------ stages
 
 
+def entity_aware(stage):
+    """A domain with ``task: entities`` runs the stage of the same name in components.ner_stages instead."""
+    import functools
+
+    @functools.wraps(stage)
+    def run(params: Params, domain: str, root: Path = PROJECT_ROOT):
+        if params.domain(domain).task == "entities":
+            from components import ner_stages
+
+            return ner_stages.STAGES[stage.__name__](params, domain, root)
+        return stage(params, domain, root)
+    return run
+
+
+
+@entity_aware
 def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Read the domain's data set and meta-training sources; write adapt/eval/meta_pool tables and a manifest."""
     from components.batches import load_batches_with_hashes
@@ -122,6 +138,7 @@ def ingest(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return manifest
 
 
+@entity_aware
 def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """GE suites per role (adaptation pool, evaluation split, each meta-training source); a failure stops the domain.
 
@@ -180,10 +197,13 @@ def tune_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict
 
     paths = StagePaths(root, domain)
     config = params.encoder_tuning
-    pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
+    entities = params.domain(domain).task == "entities"    # entity domains train the head only (docs/entities.md)
+    pool = pd.DataFrame() if entities else pd.read_parquet(paths.prepared / "meta_pool.parquet")
     if config.scope == "none" or pool.empty:
-        pointer = {"scope": "none", "encoder": params.encoder.name,
-                   "reason": "encoder_tuning.scope is none" if config.scope == "none" else "no meta-training sources"}
+        reason = ("encoder_tuning.scope is none" if config.scope == "none" else
+                  "entity domains tune the head only" if entities else "no meta-training sources")
+        pointer = {"scope": "none", "encoder": params.encoder.name, "reason": reason}
+        paths.prepared.mkdir(parents=True, exist_ok=True)
         _write_json(paths.prepared / "encoder.json", pointer)
         return pointer
     rows = source_rows(pool, config.max_rows, params.seed)
@@ -219,6 +239,7 @@ def with_tuned_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -
     return params.model_copy(update={"encoder": tuned})
 
 
+@entity_aware
 def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Embed the meta-training pool (cached by text) and sample train/validation episodes from disjoint rows."""
     from components.episodes import sample_episodes, save_episodes, split_pool_rows
@@ -245,6 +266,7 @@ def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return counts
 
 
+@entity_aware
 def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Meta-train the domain's head (and adapters) on its episodes; log an MLflow run; save the learner."""
     import torch
@@ -412,6 +434,7 @@ def traffic_texts(params: Params, root: Path, domain: str) -> list[str]:
     return texts[:params.adapt.traffic_max_rows]
 
 
+@entity_aware
 def adapt(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Adapt the meta-trained learner to every labelled row of the domain (up to adapt.max_per_label per label).
 
@@ -470,6 +493,7 @@ def zero_shot_predictions(head, encoder, vectors: np.ndarray, labels: list[str],
     return zero_shot(head, prompts, labels).predict(head, torch.as_tensor(vectors))
 
 
+@entity_aware
 def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Score the candidate on the held-out split beside the majority-class and zero-shot baselines (same rows).
 
@@ -540,6 +564,7 @@ def split_timings(metrics: dict) -> tuple[dict, dict]:
     return {k: v for k, v in metrics.items() if k not in timing}, timing
 
 
+@entity_aware
 def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
@@ -634,6 +659,7 @@ def champion_staleness(champion: dict, champion_labels: list[str], candidate_lab
     return None
 
 
+@entity_aware
 def drift(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     """Evidently report: the domain's adaptation pool (reference) against a batch of its held-out data (current)."""
     from components.drift import drift_report

@@ -75,7 +75,12 @@ def render_summary(rows: list[dict], caps: str, encoder: str) -> str:
             champion = f"v{r['champion_version']}" if r.get("champion_version") else "none"
             lines.append(f"| {r['domain']} | {r['status']} |" + " |" * 9 + f" {champion} | |")
             continue
-        lines.append(summary_line(r))
+        if r.get("task") == "entities":   # entity F1, precision and recall where accuracy and macro-F1 stand
+            from components.ner_stages import summary_line as entity_line
+
+            lines.append(entity_line(r))
+        else:
+            lines.append(summary_line(r))
         notes += summary_notes(r)
     text = f"# MetaAdapt run summary\n\nEncoder: {encoder}. Caps: {caps}.\n\n{HEADER}" + "\n".join(lines) + "\n"
     text += ("\nK-shot: the same adaptation from only K rows per label (the few-shot demonstration); the model "

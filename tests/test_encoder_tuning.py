@@ -146,11 +146,15 @@ def test_the_stage_trains_once_per_source_set_and_the_model_ships_the_tuning(tmp
     params = load_params(root / "params.yaml")
     pointers = {}
     for domain in ("reviews", "news"):     # both name the same source set (tiny_meta)
-        for stage in ("ingest", "validate", "tune_encoder"):
+        for stage in ("ingest", "validate"):
             DOMAIN_STAGES[stage](params, domain, root)
-        pointers[domain] = json.loads((StagePaths(root, domain).prepared / "encoder.json").read_text())
+        pointers[domain] = DOMAIN_STAGES["tune_encoder"](params, domain, root)
     assert pointers["reviews"]["key"] == pointers["news"]["key"]
     assert [pointers[d]["reused"] for d in ("reviews", "news")] == [False, True]
+    pointer_file = StagePaths(root, "reviews").prepared / "encoder.json"
+    written = pointer_file.read_bytes()
+    DOMAIN_STAGES["tune_encoder"](params, "reviews", root)          # a rerun: same bytes, nothing downstream reruns
+    assert pointer_file.read_bytes() == written
     assert len(list((root / "data" / "cache" / "encoders").glob("*/tuned.json"))) == 1
     for stage in ("episodes", "meta_train", "adapt"):
         DOMAIN_STAGES[stage](params, "reviews", root)

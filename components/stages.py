@@ -469,7 +469,14 @@ def model_embeddings(predictor, texts: list[str], params: Params, root: Path) ->
     """What a model's head reads: the pipeline's cached embeddings for the head scope (same frozen encoder), else
     a pass through the model's own fine-tuned encoder."""
     if predictor.model.scope == "head":
-        return embed(texts, params, root, predictor.encoder)
+        # the cache of the model's own encoder, never of this run's params: a champion adapted on the base encoder
+        # must not read (or write) the tuned encoder's embeddings
+        from components.config import EncoderConfig
+        from components.encoder import EmbeddingCache, embed_texts, model_key
+
+        config = EncoderConfig(**predictor.model.encoder)
+        cache = EmbeddingCache(root / "data" / "cache" / "embeddings", model_key(config))
+        return embed_texts(texts, config, cache, predictor.encoder)
     return predictor.embed(texts)
 
 

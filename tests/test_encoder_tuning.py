@@ -226,3 +226,22 @@ def test_a_domain_can_override_the_tuning_scope() -> None:
     raw["meta"]["scope"] = "full"
     with pytest.raises(ValueError, match="train the encoder in one of them"):
         Params.model_validate(raw)
+
+
+def test_a_base_encoder_model_reads_its_own_cache_never_the_tuned_one(tiny_bert_dir, tmp_path) -> None:
+    """Regression: the gate re-scores a champion adapted on the base encoder while this run's params name the tuned
+    encoder; its embeddings must come from (and go to) the base encoder's cache."""
+    from types import SimpleNamespace
+
+    from components.config import PROJECT_ROOT
+    from components.stages import model_embeddings
+
+    base = EncoderConfig(name=str(tiny_bert_dir), device="cpu", max_length=24)
+    encoder = load_encoder(base)
+    predictor = SimpleNamespace(model=SimpleNamespace(scope="head", encoder=base.model_dump()), encoder=encoder)
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    tuned = params.model_copy(update={"encoder": base.model_copy(update={"tuned": str(tmp_path / "k1")})})
+    texts = ["the zip is broken", "lovely colour"]
+    np.testing.assert_allclose(model_embeddings(predictor, texts, tuned, tmp_path), encoder.encode(texts), atol=1e-6)
+    caches = tmp_path / "data" / "cache" / "embeddings"
+    assert (caches / model_key(base)).is_dir() and not (caches / model_key(tuned.encoder)).exists()

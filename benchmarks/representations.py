@@ -123,10 +123,7 @@ def tuned_encoder(params, meta_pool, scope: str, log: Clock):
     from components.scopes import prepare_encoder
 
     config = params.encoder_tuning.model_copy(update={"scope": scope})
-    encoder = prepare_encoder(load_encoder(params.encoder), scope,
-                              config.lora if scope == "lora" else params.meta.lora)
-    if scope == "lora":
-        config = config.model_copy(update={"lr": max(config.lr, 5e-4)})
+    encoder = prepare_encoder(load_encoder(params.encoder), scope, config.lora)   # lora: config.lora_lr applies
     rows = source_rows(meta_pool, config.max_rows, params.seed)
     summary = contrastive_tune(encoder, rows, config, params.seed, progress=log)
     if scope == "lora":

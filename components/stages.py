@@ -78,9 +78,14 @@ def read_json_if_present(path: Path) -> dict:
 
 
 def embedding_cache(params: Params, root: Path):
+    return encoder_cache(params.encoder, root)
+
+
+def encoder_cache(config, root: Path):
+    """The pipeline's embedding cache of one encoder (its model key: the model, its tuning, length, quantization)."""
     from components.encoder import EmbeddingCache, model_key
 
-    return EmbeddingCache(root / "data" / "cache" / "embeddings", model_key(params.encoder))
+    return EmbeddingCache(root / "data" / "cache" / "embeddings", model_key(config))
 
 
 def embed(texts: list[str], params: Params, root: Path, encoder=None) -> np.ndarray:
@@ -472,11 +477,10 @@ def model_embeddings(predictor, texts: list[str], params: Params, root: Path) ->
         # the cache of the model's own encoder, never of this run's params: a champion adapted on the base encoder
         # must not read (or write) the tuned encoder's embeddings
         from components.config import EncoderConfig
-        from components.encoder import EmbeddingCache, embed_texts, model_key
+        from components.encoder import embed_texts
 
         config = EncoderConfig(**predictor.model.encoder)
-        cache = EmbeddingCache(root / "data" / "cache" / "embeddings", model_key(config))
-        return embed_texts(texts, config, cache, predictor.encoder)
+        return embed_texts(texts, config, encoder_cache(config, root), predictor.encoder)
     return predictor.embed(texts)
 
 

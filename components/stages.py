@@ -712,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path.cwd()  # DVC runs every stage from the project root
     params = load_params(root / "params.yaml")
+    from components.domains import require_current
+
+    require_current(root, params)   # dvc.yaml iterated domains.expanded.yaml: it must match params.yaml
     if argv[0] == "summary":
         summary(params, root)
     else:

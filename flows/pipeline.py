@@ -155,6 +155,9 @@ def publish_run_artifact(root: Path, params, results: dict) -> None:
 def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), force: bool = False) -> dict:
     """ingest → validate → episodes → meta-train → adapt → evaluate → register → drift, per domain; then a summary."""
     params = load_params(Path(root) / "params.yaml")
+    from components.domains import write_expanded
+
+    write_expanded(Path(root), params)   # template folders added since the last run become DVC stages
     selected = domains or list(params.domains)
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts

@@ -1,0 +1,208 @@
+"""Many domains over one source collection: total and per-domain cost, peak memory, cost against domain count.
+
+What a team with dozens of domains does: one collection of meta-training source tasks, N target domains that
+all name it. The domains are synthetic but real: disjoint shards of real review/news/subjectivity data sets of
+the data mirror (each domain its own rows: a 200-row adaptation pool and a 1,000-row evaluation split, so every
+domain pays for encoding its own 1,200 texts), the sources label groups of clinc150 (each file its own source
+task). A throwaway DVC project is written under --workdir, declared through a `source_collections` glob and a
+`domain_templates` glob (the same params.yaml a user writes), and every domain runs all eight stages in one
+process, as `metaadapt run` runs them (stage function, then `dvc commit` of the stage), with the real MiniLM
+encoder and an empty embedding cache.
+
+    python benchmarks/many_domains.py --domains 30 --points 10 30        # -> benchmarks/results/many_domains/
+    python benchmarks/many_domains.py --domains 5 --components DIR       # the same with another code version
+
+Per domain: seconds per stage (the first domain also builds the shared work: source validation, source
+embeddings, episodes, meta-training), total seconds; per point N: wall time of the first N domains, the mean
+marginal cost of domains 2..N, peak resident memory. Cost growing with domains × sources would show as a rising
+marginal cost; `dvc status` with N domains declared is timed too (it grows with the number of stages).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN_SETS = {  # data set -> files (all splits together), shuffled and cut into disjoint 1,200-row shards
+    "mr_sentence_polarity": ["all.csv"], "subj": ["all.csv"], "womens_clothing_reviews_recommend": ["all.csv"],
+    "pros_cons": ["all.csv"], "twitter_financial_news_sentiment": ["train.csv", "validation.csv"],
+    "ag_news": ["test.csv"]}
+ADAPT_ROWS, EVAL_ROWS = 200, 1000
+SOURCE_GROUPS, SOURCE_INTENTS = 10, 15
+STAGES = ("ingest", "validate", "episodes", "meta_train", "adapt", "evaluate", "register", "drift")
+
+
+def write_sources(mirror: Path, folder: Path) -> None:
+    """clinc150 (train split) cut into label groups of 15 intents: one CSV per source task."""
+    table = pd.read_csv(mirror / "clinc150" / "train.csv")
+    intents = sorted(table["label"].unique())
+    folder.mkdir(parents=True, exist_ok=True)
+    for group in range(SOURCE_GROUPS):
+        chosen = intents[group * SOURCE_INTENTS:(group + 1) * SOURCE_INTENTS]
+        table[table["label"].isin(chosen)].to_csv(folder / f"intents_{group:02d}.csv", index=False)
+
+
+def write_domains(mirror: Path, folder: Path, count: int, seed: int = 0) -> list[str]:
+    """`count` domain folders (adapt.csv, eval.csv), round-robin over DOMAIN_SETS, disjoint shards per set."""
+    shuffled = {name: pd.concat([pd.read_csv(mirror / name / f) for f in files], ignore_index=True)
+                .drop_duplicates("text").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+                for name, files in DOMAIN_SETS.items()}
+    names = []
+    for i in range(count):
+        dataset = list(DOMAIN_SETS)[i % len(DOMAIN_SETS)]
+        shard = i // len(DOMAIN_SETS)
+        rows = shuffled[dataset].iloc[shard * (ADAPT_ROWS + EVAL_ROWS):(shard + 1) * (ADAPT_ROWS + EVAL_ROWS)]
+        if len(rows) < ADAPT_ROWS + EVAL_ROWS:
+            raise SystemExit(f"{dataset} has no shard {shard} left: ask for fewer domains")
+        target = folder / f"{dataset[:12]}_{shard:02d}"
+        target.mkdir(parents=True, exist_ok=True)
+        rows.iloc[:ADAPT_ROWS].to_csv(target / "adapt.csv", index=False)
+        rows.iloc[ADAPT_ROWS:].to_csv(target / "eval.csv", index=False)
+        names.append(target.name)
+    return names
+
+
+def project_params(root: Path) -> dict:
+    """The repository's params.yaml with the data sets and domains replaced by a collection and a template."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["datasets"] = {}
+    raw["domains"] = {}
+    raw["source_collections"] = {"intents": {"files": str(root / "sources" / "*.csv")}}
+    raw["domain_templates"] = {"shard": {"targets": str(root / "domains" / "*"), "adapt_file": "adapt.csv",
+                                         "eval_file": "eval.csv",
+                                         "settings": {"k": 8, "meta_sources": ["intents"],
+                                                      "meta_max_rows_per_source": 600}}}
+    raw["limits"]["eval_max_rows"] = EVAL_ROWS
+    return raw
+
+
+def make_project(root: Path, components: Path, n_domains: int, mirror: Path) -> list[str]:
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(components, root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    write_sources(mirror, root / "sources")
+    names = write_domains(mirror, root / "domains", n_domains)
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(root), sort_keys=False))
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "--no-scm", "-q"], cwd=root, check=True)
+    return names
+
+
+def worker(root: Path, dvc_commit: bool) -> None:
+    """Every stage of every domain in this process (the project's own components/), timings as JSON lines."""
+    sys.path.insert(0, str(root))
+    import logging
+
+    from components import stages
+    from components.config import load_params
+    from components.domains import write_expanded
+
+    logging.basicConfig(level=logging.WARNING)
+    write_expanded(root)   # the generated domains file dvc.yaml iterates (`metaadapt check-config` writes it)
+    params = load_params(root / "params.yaml")
+    started = time.perf_counter()
+    status = _dvc_status_seconds(root)
+    print(json.dumps({"dvc_status_seconds": status, "declared": len(params.domains)}), flush=True)
+    for index, domain in enumerate(params.domains):
+        seconds = {}
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            stages.DOMAIN_STAGES[stage](params, domain, root)
+            seconds[stage] = time.perf_counter() - t0
+            if dvc_commit:
+                t0 = time.perf_counter()
+                _commit(root, f"{stage}@{domain}")
+                seconds["dvc_commit"] = seconds.get("dvc_commit", 0.0) + time.perf_counter() - t0
+        print(json.dumps({"index": index, "domain": domain, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                          "total": round(sum(seconds.values()), 2),
+                          "elapsed": round(time.perf_counter() - started, 1),
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+              flush=True)
+
+
+def _commit(root: Path, target: str) -> None:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.commit(target, force=True)
+
+
+def _dvc_status_seconds(root: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "-q"], cwd=root, capture_output=True)
+    return round(time.perf_counter() - t0, 2)
+
+
+def summarise(lines: list[dict], points: list[int]) -> dict:
+    domains = [line for line in lines if "domain" in line]
+    rows = []
+    for n in points:
+        if n > len(domains):
+            continue
+        first_n = domains[:n]
+        marginal = [d["total"] for d in first_n[1:]] or [first_n[0]["total"]]
+        rows.append({"domains": n, "total_seconds": round(sum(d["total"] for d in first_n), 1),
+                     "first_domain_seconds": first_n[0]["total"],
+                     "mean_marginal_seconds": round(sum(marginal) / len(marginal), 2),
+                     "max_marginal_seconds": max(marginal), "peak_rss_mb": first_n[-1]["peak_rss_mb"]})
+    stage_means = {}
+    if len(domains) > 1:
+        for stage in domains[1]["seconds"]:
+            stage_means[stage] = round(sum(d["seconds"].get(stage, 0.0) for d in domains[1:]) / (len(domains) - 1), 2)
+    return {"points": rows, "marginal_stage_seconds": stage_means, "per_domain": domains,
+            "dvc_status": [line for line in lines if "dvc_status_seconds" in line]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domains", type=int, default=30)
+    parser.add_argument("--points", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--components", type=Path, default=REPO / "components", help="code version to measure")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/metaadapt-many-domains"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "many_domains")
+    parser.add_argument("--label", default="shared-store")
+    parser.add_argument("--no-dvc", action="store_true", help="skip the per-stage dvc commit")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, not args.no_dvc)
+        return
+    mirror = Path(os.environ.get("METAADAPT_DATA_MIRROR") or REPO.parent / "shared" / "data")
+    root = args.workdir / args.label
+    make_project(root, args.components, args.domains, mirror)
+    env = {**os.environ, "PYTHONPATH": str(root), "METAADAPT_DATA_MIRROR": str(mirror)}
+    command = [sys.executable, __file__, "--worker", str(root)] + (["--no-dvc"] if args.no_dvc else [])
+    started, lines = time.perf_counter(), []
+    with subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as process:
+        for raw in process.stdout:
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+                print(raw.strip(), flush=True)
+    if process.returncode:
+        raise SystemExit(f"worker failed ({process.returncode})")
+    result = {"label": args.label, "domains": args.domains, "wall_seconds": round(time.perf_counter() - started, 1),
+              "machine": "2-core AMD EPYC VM, no GPU (shared with other jobs)", "eval_rows": EVAL_ROWS,
+              "adapt_rows": ADAPT_ROWS, "sources": SOURCE_GROUPS, "dvc_commit": not args.no_dvc,
+              **summarise(lines, args.points)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.label}.json").write_text(json.dumps(result, indent=2))
+    for row in result["points"]:
+        print(f"{row['domains']:>4} domains: {row['total_seconds']:>7.1f} s total, first {row['first_domain_seconds']:.1f} s, "
+              f"marginal mean {row['mean_marginal_seconds']:.1f} s (max {row['max_marginal_seconds']:.1f}), "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    print("marginal seconds per stage:", result["marginal_stage_seconds"])
+
+
+if __name__ == "__main__":
+    main()

@@ -86,15 +86,26 @@ def project_params(root: Path) -> dict:
     return raw
 
 
-def make_project(root: Path, components: Path, n_domains: int, mirror: Path) -> list[str]:
+def explicit_params(raw: dict, root: Path) -> dict:
+    """The same project written the long way (one `datasets` and one `domains` entry per file and folder), for
+    code versions without source collections and domain templates."""
+    from components.domains import expand_declarations
+
+    expanded = expand_declarations(raw, root)
+    return {k: v for k, v in expanded.items() if k not in ("source_collections", "domain_templates")}
+
+
+def make_project(root: Path, components: Path, n_domains: int, mirror: Path, dvc_yaml: Path,
+                 explicit: bool = False) -> list[str]:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(dvc_yaml, root / "dvc.yaml")
     shutil.copytree(components, root / "components", ignore=shutil.ignore_patterns("__pycache__"))
     write_sources(mirror, root / "sources")
     names = write_domains(mirror, root / "domains", n_domains)
-    (root / "params.yaml").write_text(yaml.safe_dump(project_params(root), sort_keys=False))
+    raw = project_params(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(explicit_params(raw, root) if explicit else raw, sort_keys=False))
     subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "--no-scm", "-q"], cwd=root, check=True)
     return names
 
@@ -106,11 +117,16 @@ def worker(root: Path, dvc_commit: bool) -> None:
 
     from components import stages
     from components.config import load_params
-    from components.domains import write_expanded
 
     logging.basicConfig(level=logging.WARNING)
-    write_expanded(root)   # the generated domains file dvc.yaml iterates (`metaadapt check-config` writes it)
+    try:
+        from components.domains import write_expanded
+    except ImportError:   # a code version before domain templates: dvc.yaml iterates params.yaml's `domains`
+        pass
+    else:
+        write_expanded(root)   # the generated domains file dvc.yaml iterates (`metaadapt check-config` writes it)
     params = load_params(root / "params.yaml")
+    print(json.dumps({"encode_texts_per_second": encode_probe(params, root)}), flush=True)
     started = time.perf_counter()
     status = _dvc_status_seconds(root)
     print(json.dumps({"dvc_status_seconds": status, "declared": len(params.domains)}), flush=True)
@@ -129,6 +145,20 @@ def worker(root: Path, dvc_commit: bool) -> None:
                           "elapsed": round(time.perf_counter() - started, 1),
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
               flush=True)
+
+
+def encode_probe(params, root: Path, rows: int = 300) -> float:
+    """Texts per second of the project encoder on texts no domain uses (clinc150's test split), nothing cached:
+    the part of a domain's cost that is encoding its own rows, measured under this run's CPU load."""
+    from components.encoder import embed_texts, load_encoder
+
+    mirror = Path(os.environ["METAADAPT_DATA_MIRROR"])
+    texts = pd.read_csv(mirror / "clinc150" / "test.csv")["text"].sample(n=rows, random_state=1).tolist()
+    encoder = load_encoder(params.encoder)
+    encoder.encode(texts[:8])                             # model load and first-call warm-up not timed
+    t0 = time.perf_counter()
+    embed_texts(texts, params.encoder, None, encoder)
+    return round(rows / (time.perf_counter() - t0), 1)
 
 
 def _commit(root: Path, target: str) -> None:
@@ -160,7 +190,10 @@ def summarise(lines: list[dict], points: list[int]) -> dict:
     if len(domains) > 1:
         for stage in domains[1]["seconds"]:
             stage_means[stage] = round(sum(d["seconds"].get(stage, 0.0) for d in domains[1:]) / (len(domains) - 1), 2)
+    probe = next((line["encode_texts_per_second"] for line in lines if "encode_texts_per_second" in line), None)
     return {"points": rows, "marginal_stage_seconds": stage_means, "per_domain": domains,
+            "encode_texts_per_second": probe,
+            "own_rows_encode_seconds": round((ADAPT_ROWS + EVAL_ROWS) / probe, 1) if probe else None,
             "dvc_status": [line for line in lines if "dvc_status_seconds" in line]}
 
 
@@ -169,6 +202,9 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=30)
     parser.add_argument("--points", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--components", type=Path, default=REPO / "components", help="code version to measure")
+    parser.add_argument("--dvc-yaml", type=Path, default=REPO / "dvc.yaml", help="dvc.yaml of that code version")
+    parser.add_argument("--explicit", action="store_true",
+                        help="write one datasets/domains entry per file (code without templates)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/metaadapt-many-domains"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "many_domains")
     parser.add_argument("--label", default="shared-store")
@@ -180,7 +216,7 @@ def main() -> None:
         return
     mirror = Path(os.environ.get("METAADAPT_DATA_MIRROR") or REPO.parent / "shared" / "data")
     root = args.workdir / args.label
-    make_project(root, args.components, args.domains, mirror)
+    make_project(root, args.components, args.domains, mirror, args.dvc_yaml, args.explicit)
     env = {**os.environ, "PYTHONPATH": str(root), "METAADAPT_DATA_MIRROR": str(mirror)}
     command = [sys.executable, __file__, "--worker", str(root)] + (["--no-dvc"] if args.no_dvc else [])
     started, lines = time.perf_counter(), []

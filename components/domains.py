@@ -132,13 +132,19 @@ def _expanded_sources(sources: list, collections: dict[str, list[str]]) -> list:
 
 
 def expanded_payload(params) -> dict:
-    """What DVC tracks per domain: its full entry, its data set and its sources (files included)."""
+    """What DVC tracks per domain: its entry, its data set, and one digest of its sources' specs.
+
+    Small on purpose: DVC parses this file (and copies each entry into dvc.lock) for every stage it checks or
+    commits, so its size must grow with the number of domains only, never with domains × sources."""
+    import hashlib
+    import json
+
     entries = {}
     for name, domain in params.domains.items():
-        entries[name] = {"config": domain.model_dump(mode="json"),
-                         "dataset": params.datasets[domain.dataset].model_dump(mode="json", exclude_none=True),
-                         "sources": {s: params.datasets[s].model_dump(mode="json", exclude_none=True)
-                                     for s in domain.meta_sources}}
+        sources = {s: params.datasets[s].model_dump(mode="json", exclude_defaults=True) for s in domain.meta_sources}
+        entries[name] = {"config": domain.model_dump(mode="json", exclude_defaults=True),
+                         "dataset": params.datasets[domain.dataset].model_dump(mode="json", exclude_defaults=True),
+                         "sources_sha256": hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()}
     return {EXPANDED_KEY: entries}
 
 

@@ -471,7 +471,7 @@ def evaluate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     return metrics
 
 
-def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+def register(params: Params, domain: str, root: Path = PROJECT_ROOT, registration_key: str | None = None) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
     The gate gets evidence, not two numbers: the candidate and the champion scored on the same evaluation rows
@@ -501,7 +501,8 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
         artifacts={"metrics.json": paths.report("metrics"), "confusion.json": paths.report("confusion"),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
                    "adapt_info.json": paths.models / "adapt_info.json"},
-        config=params.registry, root=root, gate_metric=metric, evidence=evidence)
+        config=params.registry, root=root, gate_metric=metric, evidence=evidence,
+        registration_key=registration_key)   # a retried fan-out task returns the version it registered
     payload = result.to_dict()
     _write_json(paths.report("registry"), payload)
     log.info("register %s: version %s, promoted=%s (%s)", domain, result.version, result.promoted, result.reason)

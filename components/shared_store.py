@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from components.data import file_sha256
 from components.locks import file_lock
 
 log = logging.getLogger("metaadapt")
@@ -70,14 +71,6 @@ def code_digest(*modules: str) -> str:
         digest.update(name.encode("utf-8"))
         digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:24]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

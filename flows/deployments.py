@@ -51,7 +51,8 @@ def build_deployments(params: Params, root: Path, **options) -> list:
         monitor.to_deployment(name="drift-monitor", cron=schedule.monitor_cron, parameters=where, **options,
                               description="Drift of the newest traffic batch per domain; emits drift events."),
         respond_to_drift.to_deployment(
-            name="drift-response", **options, description="Adapt on drift when labelled data waits, else publish an alert.",
+            name="drift-response", **options,
+            description="Adapt on drift when labelled data waits, else publish an alert.",
             triggers=[domain_trigger(DRIFT_DETECTED, {**where, "reasons_text": "{{ event.payload.reasons_text }}",
                                                       "report": "{{ event.payload.report }}"})]),
         watch_incoming.to_deployment(name="watch-incoming", interval=timedelta(seconds=schedule.watch_seconds),

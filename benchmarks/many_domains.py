@@ -223,6 +223,28 @@ def summarise(lines: list[dict], points: list[int]) -> dict:
             "dvc_status": [line for line in lines if "dvc_status_seconds" in line]}
 
 
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Build the project, run the worker in a child process (its own components/), collect its JSON lines."""
+    mirror = Path(os.environ.get("METAADAPT_DATA_MIRROR") or REPO.parent / "shared" / "data")
+    root = args.workdir / args.label
+    make_project(root, args.components, args.domains, mirror, args.dvc_yaml, args.explicit)
+    env = {**os.environ, "PYTHONPATH": str(root), "METAADAPT_DATA_MIRROR": str(mirror)}
+    command = [sys.executable, __file__, "--worker", str(root)] + (["--no-dvc"] if args.no_dvc else [])
+    lines = []
+    with subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as process:
+        for raw in process.stdout:
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+                print(raw.strip(), flush=True)
+    if process.returncode:
+        raise SystemExit(f"worker failed ({process.returncode})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domains", type=int, default=30)
@@ -235,25 +257,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "many_domains")
     parser.add_argument("--label", default="shared-store")
     parser.add_argument("--no-dvc", action="store_true", help="skip the per-stage dvc commit")
+    parser.add_argument("--from-log", type=Path, help="summarise the JSON lines of an earlier (or stopped) run")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, not args.no_dvc)
         return
-    mirror = Path(os.environ.get("METAADAPT_DATA_MIRROR") or REPO.parent / "shared" / "data")
-    root = args.workdir / args.label
-    make_project(root, args.components, args.domains, mirror, args.dvc_yaml, args.explicit)
-    env = {**os.environ, "PYTHONPATH": str(root), "METAADAPT_DATA_MIRROR": str(mirror)}
-    command = [sys.executable, __file__, "--worker", str(root)] + (["--no-dvc"] if args.no_dvc else [])
-    started, lines = time.perf_counter(), []
-    with subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as process:
-        for raw in process.stdout:
-            if raw.startswith("{"):
-                lines.append(json.loads(raw))
-                print(raw.strip(), flush=True)
-    if process.returncode:
-        raise SystemExit(f"worker failed ({process.returncode})")
-    result = {"label": args.label, "domains": args.domains, "wall_seconds": round(time.perf_counter() - started, 1),
+    started = time.perf_counter()
+    lines = read_log(args.from_log) if args.from_log else run(args)
+    result = {"label": args.label, "domains": len([line for line in lines if "domain" in line]),
+              "wall_seconds": round(time.perf_counter() - started, 1) if not args.from_log else None,
               "machine": "2-core AMD EPYC VM, no GPU (shared with other jobs)", "eval_rows": EVAL_ROWS,
               "adapt_rows": ADAPT_ROWS, "sources": SOURCE_GROUPS, "dvc_commit": not args.no_dvc,
               **summarise(lines, args.points)}

@@ -223,6 +223,34 @@ def summarise(lines: list[dict], points: list[int]) -> dict:
             "dvc_status": [line for line in lines if "dvc_status_seconds" in line]}
 
 
+def plot_curves(results: list[Path], path: Path) -> None:
+    """Cumulative seconds against domain count, per result file: all stages with their DVC commits, and the same
+    without the commits (what the stages themselves cost)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for file in results:
+        result = json.loads(file.read_text())
+        totals, compute, running, running_compute = [], [], 0.0, 0.0
+        for domain in result["per_domain"]:
+            running += domain["total"]
+            running_compute += domain["total"] - domain["seconds"].get("dvc_commit", 0.0)
+            totals.append(running)
+            compute.append(running_compute)
+        counts = range(1, len(totals) + 1)
+        line, = axis.plot(counts, totals, marker="o", label=f"{result['label']}: stages + dvc commit")
+        axis.plot(counts, compute, linestyle="--", color=line.get_color(), label=f"{result['label']}: stages only")
+    axis.set_xlabel("domains")
+    axis.set_ylabel("cumulative seconds (2 shared cores)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
@@ -258,10 +286,14 @@ def main() -> None:
     parser.add_argument("--label", default="shared-store")
     parser.add_argument("--no-dvc", action="store_true", help="skip the per-stage dvc commit")
     parser.add_argument("--from-log", type=Path, help="summarise the JSON lines of an earlier (or stopped) run")
+    parser.add_argument("--plot", type=Path, nargs="+", help="result JSONs to draw as curves (out/curve.png)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, not args.no_dvc)
+        return
+    if args.plot:
+        plot_curves(args.plot, args.out / "curve.png")
         return
     started = time.perf_counter()
     lines = read_log(args.from_log) if args.from_log else run(args)

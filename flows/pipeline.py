@@ -96,7 +96,10 @@ def lock_entry(root: Path, target: str) -> dict:
     import yaml
 
     lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
+    if not lock.is_file():
+        return {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml: read twice per stage, and the lock grows
+    stages = (yaml.load(lock.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages", {})  # noqa: S506
     return stages.get(target, {})
 
 

@@ -81,8 +81,7 @@ def cluster(tmp_path_factory, prefect_session):
     finally:
         for process in reversed(processes):
             if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
+                _stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +109,16 @@ def _versions(root: Path, domain: str) -> list[int]:
     params = load_params(root / "params.yaml")
     client = MlflowClient(tracking_uri(params.registry, root))
     return sorted(int(v.version) for v in client.search_model_versions(f"name='{registered_name(domain)}'"))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s: a `prefect worker` on a loaded machine can take minutes to wind down."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)
 
 
 def _version_tags(root: Path, domain: str, version: int) -> dict:
@@ -199,8 +208,7 @@ def test_deployments_on_a_process_work_pool_run_in_a_prefect_worker(tmp_path, ti
         run = run_deployment("metaadapt-adapt-domain/adapt-on-new-batch", timeout=600,
                              parameters={"domain": "reviews", "root": str(root), "reason": "work pool test"})
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        _stop(worker)
     assert run.state.is_completed(), (run.state, log.read_text()[-3000:])
     assert "metaadapt-test-pool" in (run.work_pool_name or "")
     assert _versions(root, "reviews") == [1], log.read_text()[-4000:]

@@ -108,6 +108,9 @@ def run_domain(domain: str, root: str, force: bool, stale: set[str] | None = Non
     failure and reports it. `stale` (from one `dvc status` before the run) lets fresh stages be skipped without
     asking DVC again, until a stage of this domain actually changes its outputs; from then on each later stage is
     checked as it comes."""
+    from components.domains import write_expanded
+
+    write_expanded(Path(root))   # DVC reads each domain's params from it: an edited domains.<d> entry must show
     timings: dict[str, float] = {}
     upstream_changed = False
     for stage in DOMAIN_STAGES:

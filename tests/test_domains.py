@@ -89,3 +89,16 @@ def test_bad_declarations_fail_with_their_key(tmp_path: Path, tiny_bert_dir, cha
         return
     with pytest.raises(ConfigError, match=message):
         load_params(root / "params.yaml")
+
+
+def test_an_edited_domain_entry_reaches_dvc_through_the_generated_file(tmp_path: Path, tiny_bert_dir) -> None:
+    """DVC tracks each domain's params in domains.expanded.yaml: the flows refresh it before asking DVC."""
+    from components.domains import write_expanded
+
+    root = make_project(tmp_path, tiny_bert_dir)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["domains"]["reviews"]["k"] = 5
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert write_expanded(root) and not write_expanded(root)    # changed once, then up to date
+    entry = yaml.safe_load((root / EXPANDED_FILE).read_text())["expanded_domains"]["reviews"]
+    assert entry["config"]["k"] == 5

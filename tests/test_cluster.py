@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
@@ -192,16 +193,33 @@ def test_deployments_on_a_process_work_pool_run_in_a_prefect_worker(tmp_path, ti
     """`metaadapt serve --pool P` registers the deployments on a process work pool; a separately started
     `prefect worker start --pool P` runs a flow run of one of them (the batch-triggered adaptation) to a
     registered champion."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
-
     from flows.deployments import deploy_to_pool
 
     root = make_project(tmp_path, tiny_bert_dir)
-    assert len(deploy_to_pool("metaadapt-test-pool", root)) == 5
+    ids = deploy_to_pool("metaadapt-test-pool", root)
+    assert len(ids) == 5
+    try:
+        _run_through_a_pool_worker(root)
+    finally:   # the harness is shared: served deployments of the same names must not inherit this pool's settings
+        _delete_deployments(ids, "metaadapt-test-pool")
+
+
+def _delete_deployments(ids: list[str], pool: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for deployment_id in ids:
+            client.delete_deployment(UUID(deployment_id))
+        client.delete_work_pool(pool)
+
+
+def _run_through_a_pool_worker(root: Path) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},  # no store of an earlier test
            "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(PROJECT_ROOT)}
-    log = tmp_path / "worker.log"
+    log = root / "worker.log"
     worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "metaadapt-test-pool", "--type",
                                "process", "--limit", "2"], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:

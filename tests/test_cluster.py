@@ -108,7 +108,8 @@ def _versions(root: Path, domain: str) -> list[int]:
     from components.registry import tracking_uri
 
     params = load_params(root / "params.yaml")
-    client = MlflowClient(tracking_uri(params.registry, root))
+    uri = tracking_uri(params.registry, root)
+    client = MlflowClient(uri, uri)   # registry too: an earlier test may have left MLFLOW_REGISTRY_URI set
     return sorted(int(v.version) for v in client.search_model_versions(f"name='{registered_name(domain)}'"))
 
 
@@ -127,7 +128,8 @@ def _version_tags(root: Path, domain: str, version: int) -> dict:
 
     from components.registry import tracking_uri
 
-    client = MlflowClient(tracking_uri(load_params(root / "params.yaml").registry, root))
+    uri = tracking_uri(load_params(root / "params.yaml").registry, root)
+    client = MlflowClient(uri, uri)
     return client.get_model_version(registered_name(domain), str(version)).tags
 
 

@@ -35,7 +35,7 @@ def copy_project(target: Path) -> Path:
     """The pipeline's inputs and the outputs up to meta-training, in a throwaway DVC project."""
     from components.config import resolve_mirror, load_params
 
-    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml", "domains.expanded.yaml"):
         shutil.copy(ROOT / name, target / name)
     shutil.copytree(ROOT / "components", target / "components", ignore=shutil.ignore_patterns("__pycache__"))
     for rel in ("data/prepared", "models", "data/cache/embeddings", "reports/validation", "reports/metrics",

@@ -144,6 +144,38 @@ class DomainConfig(_Strict):
         "docs/representations.md)")
 
 
+class SourceCollection(_Strict):
+    """Many source tasks in one entry: every file matching `files` is its own meta-training data set, named
+    ``<collection>.<file stem>``; a domain's `meta_sources` may name the collection (components.domains)."""
+
+    files: str | list[str] = Field(description="glob(s), relative to the project root or absolute")
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class DomainTemplate(_Strict):
+    """Many similar domains in one entry: every folder matching `targets` is a domain named `<prefix><folder>`,
+    read from its `adapt_file` and `eval_file`, with the shared `settings` (any `domains.<d>` key but the data
+    set and its splits)."""
+
+    targets: str | list[str] = Field(description="glob(s) of folders, or a list of folders")
+    adapt_file: str = "adapt.csv"
+    eval_file: str | None = Field(default="eval.csv", description="null: a stratified hold-out of the adapt file "
+                                  "(settings.eval_fraction)")
+    name_prefix: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_leave_the_data_to_the_template(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted({"dataset", "adapt_split", "eval_split"} & set(settings))
+        if taken:
+            raise ValueError(f"settings may not set {taken}: each target folder is its own data set")
+        return settings
+
+
 class LimitsConfig(_Strict):
     full: bool = False
     meta_max_rows_per_label: int = Field(default=500, ge=2)
@@ -404,6 +436,8 @@ class Params(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     entities: EntitiesConfig = EntitiesConfig()
+    source_collections: dict[str, SourceCollection] = Field(default_factory=dict)  # expanded by components.domains
+    domain_templates: dict[str, DomainTemplate] = Field(default_factory=dict)      # into `datasets` and `domains`
 
     @model_validator(mode="after")
     def _one_encoder_training(self) -> Params:
@@ -578,7 +612,11 @@ def _load_yaml(text: str) -> Any:
 
 
 def parse_params(raw: dict[str, Any], source: Path = Path("params.yaml")) -> Params:
-    """Validate a params mapping; raise ConfigError naming every bad key."""
+    """Validate a params mapping; raise ConfigError naming every bad key. Source collections and domain templates
+    are expanded first (globs relative to the params file's folder)."""
+    from components.domains import expand_declarations
+
+    raw = expand_declarations(raw, source.resolve().parent)
     try:
         return Params.model_validate(raw)
     except ValidationError as error:

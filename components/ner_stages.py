@@ -183,7 +183,7 @@ def meta_train(params: Params, domain: str, root: Path) -> dict:
         atomic_save_tensors(head.state_dict(), staging / HEAD_FILE)
         atomic_write_text(staging / META_FILE, json.dumps({**summary, "dim": int(dim),
                                                            "head_sha256": sha256(staging / HEAD_FILE)}, indent=2))
-    _log_meta_run(params, domain, root, summary, paths)
+    _log_meta_run(params, root, summary, paths.meta_dir, f"meta-train-{domain}", {"domain": domain})
     return summary
 
 

@@ -41,6 +41,7 @@ from components.scoring import PairedComparison
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 COMPLETE_TAG = "complete"       # version tag, "true" once the version passed verification and its alias moved
+REGISTRATION_KEY_TAG = "registration_key"  # version tag: a retried registration with this key returns the version
 MAX_PARAM_CHARS = 6000          # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_KEY_CHARS = 250             # ... and longer param/tag keys
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -155,7 +156,8 @@ class RegistrationResult:
 
 def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, float], params: dict[str, Any],
                           tags: dict[str, str], artifacts: dict[str, Path], config: RegistryConfig, root: Path,
-                          gate_metric: str = "macro_f1", evidence: GateEvidence | None = None) -> RegistrationResult:
+                          gate_metric: str = "macro_f1", evidence: GateEvidence | None = None,
+                          registration_key: str | None = None) -> RegistrationResult:
     """Log one adaptation run, register its model, and move the champion alias only if the gate passes.
 
     Everything that can be checked is checked before the run starts (model checksums, the gate metric, the
@@ -163,6 +165,10 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     ``artifacts`` maps a name to a file or directory; it is stored under that name in the run. ``evidence`` (the
     paired comparison with the champion, the majority-class check, staleness, experiment runs) decides the gate;
     without it, the plain rule new >= champion + margin applies.
+
+    ``registration_key`` makes a retried call idempotent: a complete version already carrying the key is
+    returned as it is (a Dask worker killed after registering, its task rerun on another worker, registers
+    nothing twice).
     """
     model_dir = Path(model_dir)
     verify(model_dir)
@@ -174,6 +180,9 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     name = registered_name(domain)
     client = _client(config, root)
     clean_incomplete_registrations(client, name, domain, experiment_id)
+    done = registered_with_key(client, name, registration_key) if registration_key else None
+    if done is not None:
+        return done
     with mlflow.start_run(run_name=run_name(domain), nested=mlflow.active_run() is not None) as run:
         _log_run_data(metrics, params, {**tags, **provenance_tags(root, domain), "domain": domain}, artifacts)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
@@ -185,6 +194,8 @@ def register_domain_model(*, domain: str, model_dir: Path, metrics: dict[str, fl
     verify_registered_version(name, version)           # before any alias can point at it
     client.set_model_version_tag(name, str(version), gate_metric, repr(new_metric))
     client.set_model_version_tag(name, str(version), "gate_metric", gate_metric)
+    if registration_key:
+        client.set_model_version_tag(name, str(version), REGISTRATION_KEY_TAG, registration_key)
     result = _apply_gate(client, name, version, run.info.run_id, new_metric, gate_metric, config.promote_margin,
                          evidence or GateEvidence())
     if result.comparison:
@@ -212,6 +223,23 @@ def model_signature(model_dir: Path) -> Any:
     outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
                *(ColSpec(DataType.double, f"p_{label}") for label in labels), ColSpec(DataType.string, "error")]
     return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema(outputs))
+
+
+def registered_with_key(client: MlflowClient, name: str, key: str) -> RegistrationResult | None:
+    """The complete version registered under `key` (what that registration returned), or None."""
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        return None
+    for version in client.search_model_versions(f"name='{name}'"):
+        if version.tags.get(REGISTRATION_KEY_TAG) == key and version.tags.get(COMPLETE_TAG) == "true":
+            champion = aliases.get(CHAMPION)
+            return RegistrationResult(name, int(version.version), version.run_id,
+                                      version.tags.get("promoted") == "true", version.tags.get("promotion_reason", ""),
+                                      int(champion) if champion is not None else None, None)
+    return None
 
 
 def run_name(domain: str) -> str:

@@ -102,12 +102,12 @@ def entity_aware(stage):
     import functools
 
     @functools.wraps(stage)
-    def run(params: Params, domain: str, root: Path = PROJECT_ROOT):
+    def run(params: Params, domain: str, root: Path = PROJECT_ROOT, **options):
         if params.domain(domain).task == "entities":
             from components import ner_stages
 
             return ner_stages.STAGES[stage.__name__](params, domain, root)
-        return stage(params, domain, root)
+        return stage(params, domain, root, **options)
     return run
 
 
@@ -150,6 +150,7 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     The result JSON and the Data Docs are written before raising, so a failed run can be read in the browser;
     nothing downstream (models, the registry champion) runs or changes.
     """
+    from components.shared_stages import source_outcomes, source_validation_keys
     from components.validation import SuiteRunner, outcome_payload, require_valid, validate_domain
 
     paths = StagePaths(root, domain)
@@ -158,13 +159,18 @@ def validate(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
     from components.encoder_window import window_counts
 
     runner = SuiteRunner()
-    outcomes = validate_domain(params, domain, tables["adapt"], tables["eval"], tables["meta_pool"], runner)
+    shared = lambda pool: source_outcomes(params, pool, root, domain)  # noqa: E731 - once per source content
+    outcomes = validate_domain(params, domain, tables["adapt"], tables["eval"], tables["meta_pool"], runner,
+                               shared_sources=shared)
     window = window_counts(suite_texts(tables), params.encoder.name, params.encoder.max_length)
     summary = {name: {"suite": o.name, "success": o.success, "failures": o.failures, "warnings": o.warnings,
                       "statistics": o.statistics, "encoder_window": window.get(name)} for name, o in outcomes.items()}
     docs = write_data_docs(root / params.validation.data_docs_dir / domain, domain, outcomes, window)
+    originals = tables["meta_pool"][~tables["meta_pool"]["augmented"].astype(bool)] \
+        if "augmented" in tables["meta_pool"].columns else tables["meta_pool"]
     _write_json(paths.report("validation"), {"domain": domain, "success": all(o.success for o in outcomes.values()),
                                              "suites": summary, "data_docs": str(docs.relative_to(root.resolve())),
+                                             "shared_sources": source_validation_keys(params, originals, root),
                                              "results": {n: outcome_payload(o)["result"] for n, o in outcomes.items()}})
     log.info("validate %s: %d suites, %d failed, %d warnings, %d texts longer than the encoder's %d tokens "
              "(truncated); Data Docs %s", domain, len(outcomes), sum(not o.success for o in outcomes.values()),
@@ -249,26 +255,15 @@ def with_tuned_encoder(params: Params, domain: str, root: Path = PROJECT_ROOT) -
 
 @entity_aware
 def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Embed the meta-training pool (cached by text) and sample train/validation episodes from disjoint rows."""
-    from components.episodes import sample_episodes, save_episodes, split_pool_rows
+    """Embed the meta-training pool (cached by text) and sample train/validation episodes from disjoint rows.
+
+    Built once per pool content in the shared store (components.shared_stages) and linked into this domain's
+    outputs: every domain with the same sources reuses the first one's embeddings and episodes."""
+    from components.shared_stages import shared_episodes
 
     paths = StagePaths(root, domain)
     pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
-    started = time.perf_counter()
-    vectors = embed(pool["text"].tolist(), params, root) if len(pool) else np.zeros((0, 1), np.float32)
-    np.save(paths.prepared / "meta_embeddings.npy", vectors)
-    embed_seconds = time.perf_counter() - started
-    counts = {"pool_rows": len(pool), "embed_seconds": round(embed_seconds, 2)}
-    if len(pool):
-        train_pool, val_pool = split_pool_rows(pool, 0.2, params.seed)
-        config = params.episodes
-        train = sample_episodes(train_pool, config, config.train_episodes, params.seed)
-        val = sample_episodes(val_pool, config, config.val_episodes, params.seed + 1)
-    else:
-        train, val = [], []
-    save_episodes(train, paths.prepared / "episodes_train.json")
-    save_episodes(val, paths.prepared / "episodes_val.json")
-    counts.update(train_episodes=len(train), val_episodes=len(val))
+    counts = shared_episodes(params, pool, root, domain, paths.prepared)
     _write_json(paths.prepared / "episodes_stats.json", counts)
     log.info("episodes %s: %s", domain, counts)
     return counts
@@ -276,16 +271,40 @@ def episodes(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
 
 @entity_aware
 def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-    """Meta-train the domain's head (and adapters) on its episodes; log an MLflow run; save the learner."""
+    """Meta-train the head (and adapters) on the episodes; log an MLflow run; save the learner.
+
+    The learner depends on the pool, the episodes and the params, not on the domain: it is trained once per
+    content key in the shared store (one MLflow run `meta-train-shared-<key>`, tagged with every domain that
+    uses it) and copied into models/<domain>/meta."""
+    from components.shared_stages import copy_learner, meta_key, shared_checkpoints, shared_meta_train
+
+    paths = StagePaths(root, domain)
+    key = meta_key(params, paths.prepared)
+    checkpoints = shared_checkpoints(params, root, key)
+    _require_meta_outputs_writable(params, root, paths, checkpoints.directory)  # fail before, not after, training
+
+    def train(learner_dir: Path, _key: str) -> dict:
+        summary = _train_learner(params, domain, paths, learner_dir, checkpoints)
+        run_id = _log_meta_run(params, root, summary, learner_dir, f"meta-train-shared-{key[:12]}",
+                               {"shared_key": key, "built_by": domain})
+        checkpoints.clear()
+        return {"summary": summary, "mlflow_run_id": run_id}
+
+    entry = shared_meta_train(root, domain, key, train)
+    copy_learner(entry, paths.meta_dir)
+    _tag_meta_run_user(params, root, entry.info.get("mlflow_run_id"), domain)
+    return {**entry.info["summary"], "shared_key": key, "reused": not entry.built,
+            "mlflow_run_id": entry.info.get("mlflow_run_id")}
+
+
+def _train_learner(params: Params, domain: str, paths: StagePaths, learner_dir: Path, checkpoints) -> dict:
+    """Meta-train a fresh learner on the domain's prepared pool and episodes; save it to `learner_dir`."""
     import torch
 
     from components.episodes import load_episodes
     from components.learner import build_learner, embed_fn, save_learner
     from components.meta import meta_train as train
 
-    paths = StagePaths(root, domain)
-    checkpoints = _meta_checkpoints(params, domain, root, paths)
-    _require_meta_outputs_writable(params, root, paths, checkpoints.directory)  # fail before, not after, training
     pool = pd.read_parquet(paths.prepared / "meta_pool.parquet")
     vectors = np.load(paths.prepared / "meta_embeddings.npy")
     train_eps = load_episodes(paths.prepared / "episodes_train.json")
@@ -299,21 +318,8 @@ def meta_train(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                                                               domain, e, loss, acc),
                        embedding_noise=params.episodes.augment.embedding_noise, checkpoints=checkpoints)
     summary = _meta_summary(result, params)
-    save_learner(learner, encoder, params, paths.meta_dir, summary)
-    _log_meta_run(params, domain, root, summary, paths)
-    checkpoints.clear()
+    save_learner(learner, encoder, params, learner_dir, summary)
     return summary
-
-
-def _meta_checkpoints(params: Params, domain: str, root: Path, paths: StagePaths):
-    """The checkpoint store of this exact run: keyed by every param and input file that determines its result."""
-    from components.checkpoint import CheckpointStore, checkpoint_root, run_key
-
-    settings = {"seed": params.seed, "meta": params.meta.model_dump(exclude={"checkpoint_every"}),
-                "encoder": params.encoder.model_dump(), "embedding_noise": params.episodes.augment.embedding_noise}
-    inputs = [paths.prepared / name for name in ("meta_pool.parquet", "meta_embeddings.npy", "episodes_train.json",
-                                                 "episodes_val.json")]
-    return CheckpointStore(checkpoint_root(root, domain) / run_key(settings, inputs), params.meta.checkpoint_every)
 
 
 def _require_meta_outputs_writable(params: Params, root: Path, paths: StagePaths, checkpoint_dir: Path) -> None:
@@ -349,15 +355,18 @@ def _meta_summary(result, params: Params) -> dict:
             "val_gain": result.val_accuracy[result.best_epoch] - result.val_accuracy[0]}
 
 
-def _log_meta_run(params: Params, domain: str, root: Path, summary: dict, paths: StagePaths) -> None:
+def _log_meta_run(params: Params, root: Path, summary: dict, learner_dir: Path, run_name: str,
+                  tags: dict[str, str]) -> str:
+    """The MLflow run of a meta-trained learner (a shared one is logged once, by the domain that built it);
+    returns its id."""
     import mlflow
 
     from components.registry import use_experiment
     from components.safety import redact_secrets
 
     use_experiment(params.registry, root)
-    with mlflow.start_run(run_name=f"meta-train-{domain}"):
-        mlflow.set_tags({"stage": "meta_train", "domain": domain})
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"stage": "meta_train", **tags})
         logged = flatten({"meta": params.meta.model_dump(), "episodes": params.episodes.model_dump(),
                           "encoder": params.encoder.model_dump()})
         mlflow.log_params({k: str(redact_secrets(v))[:500] for k, v in logged.items()})  # no URI credentials
@@ -365,10 +374,24 @@ def _log_meta_run(params: Params, domain: str, root: Path, summary: dict, paths:
             mlflow.log_metric("val_episode_accuracy", acc, step=step)
         for step, loss in enumerate(summary.get("train_loss", []), start=1):
             mlflow.log_metric("train_loss", loss, step=step)
-        for key in ("best_epoch", "seconds", "episodes_per_second", "val_gain"):
-            if key in summary:
-                mlflow.log_metric(key, float(summary[key]))
-        mlflow.log_artifacts(str(paths.meta_dir), artifact_path="meta")
+        for name in ("best_epoch", "seconds", "episodes_per_second", "val_gain"):
+            if name in summary:
+                mlflow.log_metric(name, float(summary[name]))
+        mlflow.log_artifacts(str(learner_dir), artifact_path="meta")
+        return run.info.run_id
+
+
+def _tag_meta_run_user(params: Params, root: Path, run_id: str | None, domain: str) -> None:
+    """Tag the shared meta-training run with a domain that uses it (`used_by.<domain>`): one tag per domain, so
+    concurrent domains never overwrite each other's."""
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+
+    from components.registry import use_experiment
+
+    use_experiment(params.registry, root)
+    MlflowClient().set_tag(run_id, f"used_by.{domain}", "true")
 
 
 def sample_support(adapt: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
@@ -579,7 +602,7 @@ def split_timings(metrics: dict) -> tuple[dict, dict]:
 
 
 @entity_aware
-def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
+def register(params: Params, domain: str, root: Path = PROJECT_ROOT, registration_key: str | None = None) -> dict:
     """Log the candidate to MLflow and register it; it becomes `champion` only through the promotion gate.
 
     The gate gets evidence, not two numbers: the candidate and the champion scored on the same evaluation rows
@@ -612,7 +635,8 @@ def register(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
                    **({"speed.json": paths.report("speed")} if paths.report("speed").is_file() else {}),
                    "validation.json": paths.report("validation"), "manifest.json": paths.prepared / "manifest.json",
                    "adapt_info.json": paths.models / "adapt_info.json"},
-        config=params.registry, root=root, gate_metric=metric, evidence=evidence)
+        config=params.registry, root=root, gate_metric=metric, evidence=evidence,
+        registration_key=registration_key)   # a retried fan-out task returns the version it registered
     payload = result.to_dict()
     _write_json(paths.report("registry"), payload)
     from components.plot_data import write_champion_history
@@ -775,8 +799,8 @@ def render_timings(timings: dict[str, dict[str, float]]) -> str:
 def _tuned(stage: Callable[[Params, str, Path], dict]) -> Callable[[Params, str, Path], dict]:
     """A stage that runs with the domain's tuned encoder (with_tuned_encoder)."""
     @functools.wraps(stage)
-    def run(params: Params, domain: str, root: Path = PROJECT_ROOT) -> dict:
-        return stage(with_tuned_encoder(params, domain, root), domain, root)
+    def run(params: Params, domain: str, root: Path = PROJECT_ROOT, **options) -> dict:
+        return stage(with_tuned_encoder(params, domain, root), domain, root, **options)
     return run
 
 
@@ -795,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path.cwd()  # DVC runs every stage from the project root
     params = load_params(root / "params.yaml")
+    from components.domains import require_current
+
+    require_current(root, params)   # dvc.yaml iterated domains.expanded.yaml: it must match params.yaml
     if argv[0] == "summary":
         summary(params, root)
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +128,15 @@ def with_new_labels(params: Any, domain: str, labels: Sequence[str]) -> list[str
 
 
 def validate_domain(params: Any, domain: str, adapt: pd.DataFrame, evaluation: pd.DataFrame,
-                    meta_pool: pd.DataFrame, runner: SuiteRunner | None = None) -> dict[str, ValidationOutcome]:
+                    meta_pool: pd.DataFrame, runner: SuiteRunner | None = None,
+                    shared_sources: Callable[[pd.DataFrame], dict[str, ValidationOutcome]] | None = None,
+                    ) -> dict[str, ValidationOutcome]:
     """Every suite of a domain's prepared tables: adaptation pool, evaluation split, each meta-training source
-    (its original rows; augmented copies are derived from them)."""
+    (its original rows; augmented copies are derived from them).
+
+    With `shared_sources` (components.shared_stages.source_outcomes) the source suites, which do not depend on
+    the domain, come from the shared store (run once per source content for all domains), and the one check
+    that does depend on it, no evaluation text in the pool, runs here as a single `meta_pool_leakage` suite."""
     runner = runner or SuiteRunner()
     labels = sorted(adapt[LABEL].dropna().unique()) if LABEL in adapt.columns else []
     eval_texts = evaluation[TEXT].tolist() if TEXT in evaluation.columns else []
@@ -140,11 +146,40 @@ def validate_domain(params: Any, domain: str, adapt: pd.DataFrame, evaluation: p
         # token-dropout copies often equal their original (nothing dropped from a short text): they are not
         # duplicates in the data set; ingest's assert_no_leakage already covers them
         meta_pool = meta_pool[~meta_pool["augmented"].astype(bool)]
-    if len(meta_pool) and "source" in meta_pool.columns:
+    if len(meta_pool) and "source" in meta_pool.columns and shared_sources is not None:
+        outcomes["meta_pool_leakage"] = pool_leakage_outcome(domain, meta_pool[TEXT].tolist(), eval_texts, runner)
+        outcomes.update(shared_sources(meta_pool))
+    elif len(meta_pool) and "source" in meta_pool.columns:
         for source, rows in meta_pool.groupby("source", sort=True):
             spec = meta_source_spec(params, domain, str(source), eval_texts)
             outcomes[f"meta_source.{source}"] = validate_frame(_pair(rows), spec, runner)
     return outcomes
+
+
+def pool_leakage_outcome(domain: str, pool_texts: Sequence[str], eval_texts: Sequence[str],
+                         runner: SuiteRunner) -> ValidationOutcome:
+    """One GE suite per domain: no meta-training row repeats a text of the domain's evaluation split (hashed
+    texts, so the suite stays small whatever the pool's size)."""
+    import great_expectations.expectations as gxe
+
+    frame = pd.DataFrame({TEXT_KEY: [text_hash(t) if isinstance(t, str) else None for t in pool_texts]})
+    expectation = gxe.ExpectColumnValuesToNotBeInSet(column=TEXT_KEY, value_set=sorted(text_keys(eval_texts)),
+                                                     meta={"check": "leakage"}, notes=LEAKAGE_NOTE)
+    suite = runner.add_suite(f"metaadapt.{domain}.meta_pool_leakage", [expectation])
+    result = runner.run(frame, suite)
+    success = bool(result.get("success"))
+    failed = [] if success else _ordered_failed_results(result, [expectation])
+    failures = [f"text: {r['result'].get('unexpected_count')} meta-training rows repeat a text of the evaluation "
+                f"split (leakage)" for r in failed]
+    return ValidationOutcome(suite.name, success, failures, dict(result.get("statistics", {})), result,
+                             ["leakage"] if failures else [], [])
+
+
+def outcome_from_payload(payload: dict[str, Any]) -> ValidationOutcome:
+    """A ValidationOutcome read back from `outcome_payload` JSON (a shared store entry)."""
+    return ValidationOutcome(payload["name"], bool(payload["success"]), list(payload["failures"]),
+                             dict(payload["statistics"]), dict(payload["result"]), list(payload["failed_checks"]),
+                             list(payload["example_rows"]))
 
 
 def _pair(frame: pd.DataFrame) -> pd.DataFrame:

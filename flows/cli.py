@@ -235,14 +235,21 @@ def stage(name: str = typer.Argument(..., help="ingest|validate|episodes|meta_tr
 
 @app.command("check-config")
 def check_config(path: Path = typer.Option(PROJECT_ROOT / "params.yaml", help="params file to validate.")) -> None:
-    """Validate params.yaml and list the domains, their data sets and K."""
+    """Validate params.yaml, expand source collections and domain templates (written to domains.expanded.yaml,
+    which dvc.yaml iterates), and list the domains, their data sets and K."""
+    from components.domains import EXPANDED_FILE, write_expanded
+
     try:
         params = load_params(path)
     except ConfigError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2)
     for name, domain in params.domains.items():
-        typer.echo(f"{name}: dataset={domain.dataset} k={domain.k} meta_sources={domain.meta_sources}")
+        sources = domain.meta_sources if len(domain.meta_sources) <= 6 else \
+            f"{len(domain.meta_sources)} sources ({', '.join(domain.meta_sources[:3])}, ...)"
+        typer.echo(f"{name}: dataset={domain.dataset} k={domain.k} meta_sources={sources}")
+    changed = write_expanded(path.resolve().parent, params)
+    typer.echo(f"{len(params.domains)} domain(s); {EXPANDED_FILE} {'written' if changed else 'up to date'}")
 
 
 def _register_command_groups() -> None:

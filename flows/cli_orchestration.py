@@ -21,11 +21,19 @@ def register(app: typer.Typer) -> None:
     app.command()(fanout)
 
 
-def serve(limit: int = typer.Option(None, help="Most flow runs at once in this process (default: no limit).")) -> None:
+def serve(limit: int = typer.Option(None, help="Most flow runs at once in this process (default: no limit)."),
+          pool: str = typer.Option(None, help="Register the deployments on this Prefect process work pool (created "
+                                              "if missing) and return; `prefect worker start --pool NAME` runs them.")
+          ) -> None:
     """Serve every deployment (retraining cron, batch- and drift-triggered adaptation, drift monitor, incoming
-    watcher; see flows/deployments.py). Needs a Prefect API that outlives this process: `prefect server start`."""
-    from flows.deployments import serve_all
+    watcher; see flows/deployments.py). Needs a Prefect API that outlives this process: `prefect server start`.
+    With --pool the same deployments go to a work pool instead, for workers on one or many machines."""
+    from flows.deployments import deploy_to_pool, serve_all
 
+    if pool:
+        ids = deploy_to_pool(pool, PROJECT_ROOT)
+        typer.echo(f"{len(ids)} deployments on work pool {pool!r}; start workers: prefect worker start --pool {pool}")
+        return
     serve_all(PROJECT_ROOT, limit)
 
 
@@ -142,16 +150,21 @@ def fanout(domain: list[str] = typer.Option(None, "--domain", "-d", help="Domain
            address: str = typer.Option(None, help="Existing Dask scheduler (default: orchestration.dask_address, "
                                                   "else a LocalCluster)."),
            workers: int = typer.Option(None, help="LocalCluster workers (default: orchestration.dask_workers)."),
-           sequential: bool = typer.Option(False, "--sequential", help="One domain after the other, no Dask.")) -> None:
-    """adapt + evaluate of several domains at once on Dask workers, then `dvc commit` (their upstream stages must
-    be current: run `metaadapt run` first). Register/drift follow with `metaadapt run`."""
+           sequential: bool = typer.Option(False, "--sequential", help="One domain after the other, no Dask."),
+           register: bool = typer.Option(False, "--register", help="Also register each candidate (promotion gate) "
+                                         "in the workers; a task rerun after a worker died registers nothing twice."),
+           ) -> None:
+    """adapt + evaluate (+ register) of several domains at once on Dask workers, then `dvc commit` (their upstream
+    stages must be current: run `metaadapt run` first). Drift (and register without --register) follow with
+    `metaadapt run`."""
     from components.config import load_params
     from flows.fanout import adapt_evaluate, run_fanout
 
     names = domain or list(load_params(PROJECT_ROOT / "params.yaml").domains)
     if sequential:
-        result = adapt_evaluate(names, str(PROJECT_ROOT), parallel=False)
+        result = adapt_evaluate(names, str(PROJECT_ROOT), parallel=False, register_models=register)
     else:
-        result = run_fanout(names, PROJECT_ROOT, address, workers)
-    typer.echo(f"adapt+evaluate of {', '.join(names)}: {result['compute_seconds']:.1f} s "
+        result = run_fanout(names, PROJECT_ROOT, address, workers, register=register)
+    typer.echo(f"{'+'.join(('adapt', 'evaluate', 'register') if register else ('adapt', 'evaluate'))} of "
+               f"{', '.join(names)}: {result['compute_seconds']:.1f} s "
                f"({'Dask' if result['parallel'] else 'sequential'})")

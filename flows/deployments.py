@@ -31,8 +31,9 @@ def domain_trigger(event: str, parameters: dict) -> DeploymentEventTrigger:
                                   parameters={"domain": DOMAIN_FROM_EVENT, **parameters})
 
 
-def build_deployments(params: Params, root: Path) -> list:
-    """The RunnerDeployments `serve` registers (also what the tests serve)."""
+def build_deployments(params: Params, root: Path, **options) -> list:
+    """The RunnerDeployments `serve` registers (also what the tests serve); `options` go to every
+    `to_deployment` (`deploy_to_pool` passes the module-path entrypoint a work pool's workers import)."""
     from flows.adaptation import adapt_domain
     from flows.incoming import watch_incoming
     from flows.monitor import monitor, respond_to_drift
@@ -42,21 +43,22 @@ def build_deployments(params: Params, root: Path) -> list:
     where = {"root": str(root)}
     return [
         pipeline.to_deployment(name="scheduled-retraining", cron=schedule.retrain_cron,
-                               parameters={**where, "trigger": "schedule"},
+                               parameters={**where, "trigger": "schedule"}, **options,
                                description="Full retraining: every DVC stage of every domain (DVC skips the fresh)."),
         adapt_domain.to_deployment(
-            name="adapt-on-new-batch", description="Adapt one domain when a labelled batch is accepted.",
+            name="adapt-on-new-batch", **options, description="Adapt one domain when a labelled batch is accepted.",
             triggers=[domain_trigger(BATCH_ACCEPTED, {**where, "trigger": "new_batch",
                                                       "reason": "new batch {{ event.payload.source }} "
                                                                 "({{ event.payload.rows }} rows)"})]),
-        monitor.to_deployment(name="drift-monitor", cron=schedule.monitor_cron, parameters=where,
+        monitor.to_deployment(name="drift-monitor", cron=schedule.monitor_cron, parameters=where, **options,
                               description="Drift of the newest traffic batch per domain; emits drift events."),
         respond_to_drift.to_deployment(
-            name="drift-response", description="Adapt on drift when labelled data waits, else publish an alert.",
+            name="drift-response", **options,
+            description="Adapt on drift when labelled data waits, else publish an alert.",
             triggers=[domain_trigger(DRIFT_DETECTED, {**where, "reasons_text": "{{ event.payload.reasons_text }}",
                                                       "report": "{{ event.payload.report }}"})]),
         watch_incoming.to_deployment(name="watch-incoming", interval=timedelta(seconds=schedule.watch_seconds),
-                                     parameters=where,
+                                     parameters=where, **options,
                                      description="Pick up labelled files in data/incoming/<domain>/."),
     ]
 
@@ -67,6 +69,35 @@ def serve_all(root: Path = PROJECT_ROOT, limit: int | None = None) -> None:
 
     params = load_params(root / "params.yaml")
     serve(*build_deployments(params, root), limit=limit)
+
+
+def deploy_to_pool(pool: str, root: Path = PROJECT_ROOT) -> list[str]:
+    """The same deployments (schedules, event triggers, parameters) registered on a Prefect *process work pool*
+    instead of served here: any number of `prefect worker start --pool <pool>` processes, on this machine or
+    others with the same checkout and environment, then pick their runs. The pool is created when missing. The
+    flows are referenced by module path (`flows.pipeline.pipeline`), so a worker imports them from its own
+    installed environment; no image, no code upload. Returns the deployment ids."""
+    from prefect import deploy
+    from prefect.deployments.runner import EntrypointType
+
+    ensure_process_pool(pool)
+    params = load_params(root / "params.yaml")
+    deployments = build_deployments(params, root, entrypoint_type=EntrypointType.MODULE_PATH)
+    return [str(i) for i in deploy(*deployments, work_pool_name=pool, print_next_steps_message=False,
+                                   ignore_warnings=True)]
+
+
+def ensure_process_pool(pool: str) -> None:
+    """Create the process work pool `pool` unless it exists (what `prefect work-pool create --type process` does)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,8 +22,10 @@ FANOUT_STAGES = ("adapt", "evaluate")
 
 
 @task(name="stage-in-worker", task_run_name="{stage}@{domain}")
-def run_stage_function(stage: str, domain: str, root: str) -> dict:
-    """One stage function in this worker process; returns its result and wall seconds."""
+def run_stage_function(stage: str, domain: str, root: str, registration_key: str | None = None) -> dict:
+    """One stage function in this worker process; returns its result and wall seconds. A task Dask reruns
+    after its worker died recomputes the same files (same inputs and seed); `register` carries a key so that
+    a rerun returns the version the dead worker registered instead of registering a second one."""
     import logging
 
     from components.stages import DOMAIN_STAGES
@@ -31,8 +33,31 @@ def run_stage_function(stage: str, domain: str, root: str) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     project = Path(root)
     started = time.perf_counter()
-    result = DOMAIN_STAGES[stage](load_params(project / "params.yaml"), domain, project)
-    return {"stage": stage, "domain": domain, "seconds": time.perf_counter() - started, "result": result}
+    extra = {"registration_key": registration_key} if stage == "register" else {}
+    result = DOMAIN_STAGES[stage](load_params(project / "params.yaml"), domain, project, **extra)
+    return {"stage": stage, "domain": domain, "seconds": time.perf_counter() - started, "result": result,
+            "worker": _worker_address()}
+
+
+def _worker_address() -> str:
+    """The Dask worker running this task ("in-process" outside Dask): which machine did which domain."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return "in-process"
+
+
+def fanout_stages(register: bool) -> tuple[str, ...]:
+    return (*FANOUT_STAGES, "register") if register else FANOUT_STAGES
+
+
+def registration_key(domain: str) -> str:
+    """One key per (fan-out flow run, domain): Dask's reruns of a task share it, a later fan-out does not."""
+    from prefect.runtime import flow_run
+
+    return f"fanout-{flow_run.id}-{domain}"
 
 
 def dvc_commit(root: Path, targets: list[str]) -> None:
@@ -56,31 +81,41 @@ def dask_runner(params: Params, address: str | None = None, n_workers: int | Non
 
 
 @flow(name="metaadapt-adapt-evaluate-fanout", log_prints=True)
-def adapt_evaluate(domains: list[str], root: str = str(PROJECT_ROOT), parallel: bool = True) -> dict[str, dict]:
-    """adapt → evaluate per domain; domains in parallel through the flow's task runner (submit), or one by one."""
+def adapt_evaluate(domains: list[str], root: str = str(PROJECT_ROOT), parallel: bool = True,
+                   register_models: bool = False) -> dict[str, dict]:
+    """adapt → evaluate (→ register) per domain; domains in parallel through the flow's task runner (submit), or
+    one by one."""
     params = load_params(Path(root) / "params.yaml")
     for domain in domains:
         check_domain(params, domain)
+    stages = fanout_stages(register_models)
     started = time.perf_counter()
     if parallel:
-        adapted = {d: run_stage_function.submit("adapt", d, root) for d in domains}
-        evaluated = {d: run_stage_function.submit("evaluate", d, root, wait_for=[adapted[d]]) for d in domains}
-        results = {d: {"adapt": adapted[d].result(), "evaluate": evaluated[d].result()} for d in domains}
+        futures: dict[str, dict] = {d: {} for d in domains}
+        for d in domains:
+            previous = []
+            for stage in stages:
+                key = registration_key(d) if stage == "register" else None
+                futures[d][stage] = run_stage_function.submit(stage, d, root, key, wait_for=previous)
+                previous = [futures[d][stage]]
+        results = {d: {stage: future.result() for stage, future in futures[d].items()} for d in domains}
     else:
-        results = {d: {stage: run_stage_function(stage, d, root) for stage in FANOUT_STAGES} for d in domains}
+        results = {d: {stage: run_stage_function(stage, d, root, registration_key(d) if stage == "register" else None)
+                       for stage in stages} for d in domains}
     compute_seconds = time.perf_counter() - started
-    dvc_commit(Path(root), [f"{stage}@{d}" for d in domains for stage in FANOUT_STAGES])
+    dvc_commit(Path(root), [f"{stage}@{d}" for d in domains for stage in stages])
     get_run_logger().info("adapt+evaluate of %s: %.1f s (%s)", domains, compute_seconds,
                           "parallel" if parallel else "sequential")
     return {"domains": results, "compute_seconds": compute_seconds,
             "wall_seconds": time.perf_counter() - started, "parallel": parallel}
 
 
-def run_fanout(domains: list[str], root: Path, address: str | None = None, n_workers: int | None = None) -> dict:
+def run_fanout(domains: list[str], root: Path, address: str | None = None, n_workers: int | None = None,
+               register: bool = False) -> dict:
     """The fan-out on Dask (what `metaadapt fanout` and the benchmark call)."""
     from flows.server_guard import share_temporary_server
 
     params = load_params(root / "params.yaml")
     share_temporary_server()   # workers report to this process's guarded server, never to servers of their own
     runner = dask_runner(params, address, n_workers)
-    return adapt_evaluate.with_options(task_runner=runner)(domains, str(root), parallel=True)
+    return adapt_evaluate.with_options(task_runner=runner)(domains, str(root), parallel=True, register_models=register)

@@ -97,7 +97,10 @@ def lock_entry(root: Path, target: str) -> dict:
     import yaml
 
     lock = root / "dvc.lock"
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) if lock.is_file() else {}
+    if not lock.is_file():
+        return {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml: read twice per stage, and the lock grows
+    stages = (yaml.load(lock.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages", {})  # noqa: S506
     return stages.get(target, {})
 
 
@@ -106,6 +109,9 @@ def run_domain(domain: str, root: str, force: bool, stale: set[str] | None = Non
     failure and reports it. `stale` (from one `dvc status` before the run) lets fresh stages be skipped without
     asking DVC again, until a stage of this domain actually changes its outputs; from then on each later stage is
     checked as it comes."""
+    from components.domains import write_expanded
+
+    write_expanded(Path(root))   # DVC reads each domain's params from it: an edited domains.<d> entry must show
     timings: dict[str, float] = {}
     upstream_changed = False
     for stage in DOMAIN_STAGES:
@@ -159,6 +165,9 @@ def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), fo
 
     `trigger` is recorded on each registration's MLflow run (`schedule` from the scheduled-retraining deployment)."""
     params = load_params(Path(root) / "params.yaml")
+    from components.domains import write_expanded
+
+    write_expanded(Path(root), params)   # template folders added since the last run become DVC stages
     selected = domains or list(params.domains)
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts

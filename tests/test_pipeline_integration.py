@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from components.config import PROJECT_ROOT
+from components.domains import write_expanded
 
 MIRROR = PROJECT_ROOT.parent / "shared" / "data"
 pytestmark = [pytest.mark.integration,
@@ -107,6 +108,8 @@ def test_dvc_reruns_only_what_changed(project: Path, flow_result: dict) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["domains"]["product_reviews"]["k"] = 3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_expanded(project)   # what `metaadapt check-config` / `metaadapt run` do: DVC reads each domain's
+    # params from domains.expanded.yaml, so a plain `dvc status` needs it refreshed first
     stale = {name for name in json.loads(dvc(project, "status", "--json").stdout) if not name.startswith("ingest@")}
     # k feeds validation, adaptation's warnings, evaluation's K-shot demonstration and (through the domain's entry:
     # its metric) the gate; tune_encoder reads the entry for its scope override (a rerun is a store hit: seconds);

@@ -448,7 +448,7 @@ def test_validate_stage_passes_on_clean_tables(shop):
     root, params = shop
     _prepared_domain(root, ADAPT, EVAL)
     summary = stages.validate(params, DOMAIN, root)
-    assert set(summary) == {"adapt", "eval", "meta_source.cr"} and all(s["success"] for s in summary.values())
+    assert set(summary) == {"adapt", "eval", "meta_pool_leakage", "meta_source.cr"} and all(s["success"] for s in summary.values())
 
 
 def _with_descriptions(params, descriptions: dict[str, str]):

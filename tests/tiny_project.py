@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from components.config import PROJECT_ROOT
+from components.domains import write_expanded
 
 WORDS = {
     "positive": ["great", "lovely", "excellent", "perfect", "wonderful", "comfortable", "superb", "fantastic"],
@@ -80,6 +81,7 @@ def make_project(root: Path, encoder_dir: Path, domains: tuple[str, ...] = ("rev
     write_mirror(root / "mirror")
     params = tiny_params((root / "mirror").resolve(), encoder_dir, domains, margin)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_expanded(root)   # the domain list dvc.yaml iterates (what `metaadapt check-config` writes)
     done = dvc(root, "init", "--no-scm", "-q")
     assert done.returncode == 0, done.stderr
     return root

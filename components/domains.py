@@ -15,13 +15,16 @@ and one `domains` entry per target. Two params.yaml sections say it once:
 `components.config.parse_params` expands them before validation, so every later piece (stages, flows, the
 registry) sees ordinary data sets and domains. DVC needs the expanded list too (`foreach` iterates concrete
 values): `write_expanded` writes it to ``domains.expanded.yaml``, which dvc.yaml reads through `vars` and
-tracks per domain (`expanded_domains.<d>`); `metaadapt check-config` and `metaadapt run` refresh it, and a stage
-started by `dvc repro` refuses a stale one (`require_current`).
+tracks per domain (`expanded_domains.<d>`). Three writers keep it current: `metaadapt check-config`,
+`metaadapt run`, and dvc.yaml's first stage `expand_domains` (`python -m components.domains`, always run), which
+every domain stage depends on, so a plain `dvc repro` / `dvc exp run` after a params.yaml edit reruns exactly the
+edited domains. A stage started by `dvc repro` still refuses a stale file (`require_current`).
 """
 from __future__ import annotations
 
 import copy
 import glob
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,4 +176,44 @@ def require_current(root: Path, params) -> None:
     path = Path(root) / EXPANDED_FILE
     if path.is_file() and path.read_text(encoding="utf-8") != render(params):
         raise ConfigError(f"{path} does not match params.yaml (a domain, template folder or source file changed): "
-                          f"run `metaadapt check-config` to regenerate it, then `dvc repro`")
+                          f"run `metaadapt check-config` to regenerate it, then `dvc repro` (a plain `dvc repro` "
+                          f"regenerates it in its first stage, expand_domains)")
+
+
+def declared_names(root: Path) -> set[str] | None:
+    """The domain names in the generated file as it is on disk (what DVC iterated), None without the file."""
+    path = Path(root) / EXPANDED_FILE
+    if not path.is_file():
+        return None
+    return set((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(EXPANDED_KEY) or {})
+
+
+def refresh_for_dvc(root: Path) -> str | None:
+    """What the `expand_domains` stage does: rewrite the generated file from params.yaml; a message when the
+    domain *list* changed. DVC read the list (its `foreach`) before any stage ran, so in this `dvc repro` an added
+    domain has no stages and a removed one still has; the next `dvc repro` reads the new list."""
+    from components.config import load_params
+
+    params = load_params(Path(root) / "params.yaml")
+    before = declared_names(root)
+    write_expanded(root, params)
+    after = set(params.domains)
+    if before is None or before == after:
+        return None
+    added, removed = sorted(after - before), sorted(before - after)
+    return (f"{EXPANDED_FILE}: the domain list changed (added: {', '.join(added) or 'none'}; removed: "
+            f"{', '.join(removed) or 'none'}). DVC read the old list before this stage ran, so this run stops "
+            f"here; nothing else was run or changed: run `dvc repro` (or `dvc exp run`) again.")
+
+
+def main() -> int:
+    """`python -m components.domains` (dvc.yaml's `expand_domains`): 1 with a message when the list changed."""
+    message = refresh_for_dvc(Path.cwd())   # DVC runs every stage from the project root
+    if message:
+        print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

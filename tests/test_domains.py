@@ -47,16 +47,59 @@ def test_a_collection_and_a_template_expand_into_domains_and_dvc_stages(tmp_path
     stages = dvc(root, "stage", "list", "--name-only").stdout.split()
     assert {"ingest@shop_a", "register@shop_b", "drift@reviews"} <= set(stages)
 
-    venv = str(Path(sys.executable).parent)   # dvc.yaml's `python` is the environment's, as under `make run`
-    done = subprocess.run([str(Path(venv) / "dvc"), "repro", "--single-item", "ingest@shop_b"], cwd=root, text=True,
-                          capture_output=True, env={**os.environ, "PATH": f"{venv}:{os.environ['PATH']}"}, timeout=600)
+    done = _plain_dvc(root, "repro", "--single-item", "ingest@shop_b")
     assert done.returncode == 0, done.stderr
     assert (root / "data/prepared/shop_b/meta_pool.parquet").is_file()
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["ingest@shop_b"]
-    assert lock["params"][EXPANDED_FILE]["expanded_domains.shop_b"]["config"]["k"] == 2
+    assert _locked_entry(root, "ingest@shop_b")["config"]["k"] == 2
 
 
-def test_a_folder_added_without_check_config_stops_dvc_stages_with_the_fix(tmp_path: Path, tiny_bert_dir) -> None:
+def _plain_dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """The dvc CLI as a user runs it (dvc.yaml's `python` is the environment's, as under `make run`)."""
+    venv = str(Path(sys.executable).parent)
+    return subprocess.run([str(Path(venv) / "dvc"), *args], cwd=root, text=True, capture_output=True,
+                          env={**os.environ, "PATH": f"{venv}:{os.environ['PATH']}"}, timeout=600)
+
+
+def _locked_entry(root: Path, stage: str) -> dict:
+    domain = stage.partition("@")[2]
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"][stage]["params"][EXPANDED_FILE][
+        f"expanded_domains.{domain}"]
+
+
+def test_plain_dvc_repro_sees_an_edited_template_without_check_config(tmp_path: Path, tiny_bert_dir) -> None:
+    """The expand_domains stage runs before every domain stage: a params.yaml edit reaches `dvc repro` directly."""
+    root = make_project(tmp_path, tiny_bert_dir)
+    _declare_many(root)
+    CliRunner().invoke(app, ["check-config", "--path", str(root / "params.yaml")])
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["domain_templates"]["shops"]["settings"]["k"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    done = _plain_dvc(root, "repro", "ingest@shop_b")     # with its upstream: expand_domains first
+    assert done.returncode == 0, done.stderr
+    assert "Running stage 'expand_domains'" in done.stdout
+    assert _locked_entry(root, "ingest@shop_b")["config"]["k"] == 3
+
+
+def test_a_folder_added_stops_dvc_repro_once_with_the_fix(tmp_path: Path, tiny_bert_dir) -> None:
+    """DVC expands `foreach` before any stage runs, so a run that finds a new domain stops and says to rerun;
+    the rerun has the new domain's stages."""
+    root = make_project(tmp_path, tiny_bert_dir)
+    _declare_many(root)
+    CliRunner().invoke(app, ["check-config", "--path", str(root / "params.yaml")])
+    _declare_many(root, folders=("shop_a", "shop_b", "shop_c"))
+
+    first = _plain_dvc(root, "repro", "ingest@shop_a")
+    assert first.returncode != 0
+    assert "the domain list changed (added: shop_c; removed: none)" in first.stderr + first.stdout
+    assert not (root / "data/prepared/shop_a").exists()      # nothing after the expansion ran
+    assert "ingest@shop_c" in _plain_dvc(root, "stage", "list", "--name-only").stdout.split()
+    second = _plain_dvc(root, "repro", "--single-item", "expand_domains")
+    assert second.returncode == 0, second.stderr
+
+
+def test_a_stage_started_with_a_stale_domain_file_stops_with_the_fix(tmp_path: Path, tiny_bert_dir) -> None:
+    """`dvc repro --single-item` (or the stage command by hand) skips expand_domains: the stage itself refuses."""
     root = make_project(tmp_path, tiny_bert_dir)
     _declare_many(root)
     CliRunner().invoke(app, ["check-config", "--path", str(root / "params.yaml")])

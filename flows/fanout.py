@@ -3,8 +3,8 @@
 `dvc repro` holds a repository-wide lock, so two DVC processes cannot run stages side by side. Here the stage
 functions themselves (`components.stages.adapt` / `evaluate`, the exact code `dvc repro` runs) execute in Dask
 workers — a `LocalCluster` by default, or the scheduler at `orchestration.dask_address` — and afterwards one
-`dvc commit` per stage, serialised by the DVC file lock, records their outputs in dvc.lock exactly as a `dvc
-repro` would have. Same inputs, same seed, same code: the metrics equal the sequential run's
+batched commit (flows.dvc_stages: DVC's save/commit per stage, one dvc.lock write), under the DVC file lock,
+records their outputs in dvc.lock as a `dvc repro` would have. Same inputs, same seed, same code: the metrics equal the sequential run's
 (tests/test_dask.py checks it).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from components.config import PROJECT_ROOT, Params, load_params
+from flows import dvc_stages
 from flows.orchestration import check_domain
-from flows.pipeline import commit_stage
 
 FANOUT_STAGES = ("adapt", "evaluate")
 
@@ -61,9 +61,8 @@ def registration_key(domain: str) -> str:
 
 
 def dvc_commit(root: Path, targets: list[str]) -> None:
-    """Record stage outputs produced in the workers in dvc.lock (and the DVC cache), one stage at a time."""
-    for target in targets:
-        commit_stage(root, target)
+    """Record stage outputs produced in the workers in dvc.lock (and the DVC cache): one lock write for all."""
+    dvc_stages.commit(root, targets)
 
 
 def dask_runner(params: Params, address: str | None = None, n_workers: int | None = None):

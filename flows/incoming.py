@@ -140,7 +140,7 @@ def version_batches(root: str) -> None:
     """`dvc add data/batches`: every accepted batch and the ledger go into the DVC cache (and to the remote with
     `dvc push`), and data/batches.dvc records the state — the DVC lock keeps it off a running `dvc repro`."""
     from components.batches import BATCHES_DIR
-    from flows.pipeline import dvc_repo
+    from flows.dvc_stages import dvc_repo
 
     with dvc_repo(Path(root)) as repo:
         repo.add(str(BATCHES_DIR))

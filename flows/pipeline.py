@@ -9,62 +9,39 @@ failing domain stops only its own chain; the summary still reports every domain.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 
 from components.config import PROJECT_ROOT, load_params
 from components.run_context import triggered_by
 from components.stages import DOMAIN_STAGES, StagePaths, read_json_if_present  # DOMAIN_STAGES: the stage order
-from flows.locks import dvc_lock
+from flows import dvc_stages
 
 
 class StageFailed(RuntimeError):
     """A stage raised; the message carries the stage and its error."""
 
 
-_CWD_LOCK = threading.Lock()
-
-
-@contextmanager
-def dvc_repo(root: Path) -> Iterator:
-    """DVC's Python API on `root`, with both locks held (DVC resolves stage names against the current directory,
-    so the directory is switched for the call, under a process-wide lock)."""
-    from dvc.repo import Repo
-
-    with dvc_lock(root), _CWD_LOCK:
-        before = os.getcwd()
-        os.chdir(root)
-        try:
-            with Repo(str(root)) as repo:
-                yield repo
-        finally:
-            os.chdir(before)
-
-
 def stage_is_stale(root: Path, target: str) -> bool:
     """What `dvc repro` would decide: changed deps, params, outputs or code, or `always_changed`."""
-    with dvc_repo(root) as repo:
-        return bool(repo.status(targets=[target]))
+    return bool(dvc_stages.stale(root, [target]))
 
 
-def commit_stage(root: Path, target: str) -> None:
-    """Record a stage's outputs, produced outside `dvc repro`, in dvc.lock and the DVC cache."""
-    with dvc_repo(root) as repo:
-        repo.commit(target, force=True)
+def commit_stage(root: Path, target: str) -> bool:
+    """Record a stage's outputs, produced outside `dvc repro`, in dvc.lock and the DVC cache; True when the
+    recorded outputs changed."""
+    return dvc_stages.commit(root, [target])[target]
 
 
 @task(name="stage-in-process", task_run_name="{target}", retries=0)
-def run_stage_in_process(target: str, root: str, force: bool = False) -> float:
+def run_stage_in_process(target: str, root: str, force: bool = False) -> dict:
     """One DVC stage, run as `dvc repro` would run it but in this process: skip it when DVC finds it up to date,
     else call the stage function and `dvc commit` its outputs. One process imports torch, MLflow, GE and
     Evidently once, instead of once per stage (a first full chain of the tiny test domain: 153 s as
-    `dvc repro` subprocesses, ≈60 s in-process, on the shared 2-core VM)."""
+    `dvc repro` subprocesses, ≈60 s in-process, on the shared 2-core VM). Returns the seconds spent and whether
+    the stage's recorded outputs changed (its downstream stages then have new inputs)."""
     import logging
 
     from components.stages import DOMAIN_STAGES, summary
@@ -73,7 +50,7 @@ def run_stage_in_process(target: str, root: str, force: bool = False) -> float:
     started = time.perf_counter()
     if not force and not stage_is_stale(project, target):
         get_run_logger().info("%s: up to date (DVC)", target)
-        return time.perf_counter() - started
+        return {"seconds": time.perf_counter() - started, "outs_changed": False}
     logging.getLogger("metaadapt").setLevel(logging.INFO)
     stage, _, domain = target.partition("@")
     params = load_params(project / "params.yaml")
@@ -81,51 +58,39 @@ def run_stage_in_process(target: str, root: str, force: bool = False) -> float:
         summary(params, project) if stage == "summary" else DOMAIN_STAGES[stage](params, domain, project)
     except Exception as error:  # noqa: BLE001 - any stage error fails this domain's chain with its message
         raise StageFailed(f"stage {target} failed: {type(error).__name__}: {error}") from error
-    commit_stage(project, target)
-    return time.perf_counter() - started
+    changed = commit_stage(project, target)
+    return {"seconds": time.perf_counter() - started, "outs_changed": changed}
 
 
-def stale_targets(root: Path) -> set[str]:
-    """Every stage DVC would rerun, from one `dvc status` (one per stage costs a repo open and output hashing
-    each: most of a no-change rerun's time)."""
-    with dvc_repo(root) as repo:
-        return set(repo.status())
-
-
-def lock_entry(root: Path, target: str) -> dict:
-    """The stage's record in dvc.lock (deps, params, outs with their hashes), {} if it has none yet."""
-    import yaml
-
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml: read twice per stage, and the lock grows
-    stages = (yaml.load(lock.read_text(encoding="utf-8"), Loader=loader) or {}).get("stages", {})  # noqa: S506
-    return stages.get(target, {})
+def stale_targets(root: Path, domains: list[str]) -> set[str]:
+    """Every stage of `domains` that DVC would rerun, from one read of dvc.lock (asking per stage would parse
+    the lock, which holds every domain, once per stage)."""
+    return dvc_stages.stale(root, [f"{stage}@{domain}" for domain in domains for stage in DOMAIN_STAGES])
 
 
 def run_domain(domain: str, root: str, force: bool, stale: set[str] | None = None) -> dict:
     """All stages of one domain in order, in this process (one import of the heavy libraries); stops at the first
-    failure and reports it. `stale` (from one `dvc status` before the run) lets fresh stages be skipped without
-    asking DVC again, until a stage of this domain actually changes its outputs; from then on each later stage is
-    checked as it comes."""
+    failure and reports it. A stage runs when it was stale before the run (`stale`, from one status of the
+    domain's stages) or, after an upstream stage of this domain changed its outputs, when DVC now finds it stale."""
     from components.domains import write_expanded
 
     write_expanded(Path(root))   # DVC reads each domain's params from it: an edited domains.<d> entry must show
+    if stale is None and not force:
+        stale = stale_targets(Path(root), [domain])
     timings: dict[str, float] = {}
     upstream_changed = False
     for stage in DOMAIN_STAGES:
         target = f"{stage}@{domain}"
-        if stale is not None and not force and not upstream_changed and target not in stale:
+        if not force and target not in stale and not (upstream_changed and stage_is_stale(Path(root), target)):
             timings[stage] = 0.0
             continue
-        before = lock_entry(Path(root), target).get("outs")
         try:
-            timings[stage] = run_stage_in_process(target, root, force)
+            outcome = run_stage_in_process(target, root, force=True)
         except StageFailed as error:
             get_run_logger().error(str(error))
             return {"status": "failed", "failed_stage": stage, "error": str(error)[-2000:], "seconds": timings}
-        upstream_changed = upstream_changed or lock_entry(Path(root), target).get("outs") != before
+        timings[stage] = outcome["seconds"]
+        upstream_changed = upstream_changed or outcome["outs_changed"]
     return {"status": "ok", "seconds": timings}
 
 
@@ -171,7 +136,7 @@ def pipeline(domains: list[str] | None = None, root: str = str(PROJECT_ROOT), fo
     selected = domains or list(params.domains)
     for name in selected:
         params.domain(name)  # unknown names fail before any work starts
-    stale = None if force else stale_targets(Path(root))
+    stale = None if force else stale_targets(Path(root), selected)
     with triggered_by(trigger, f"metaadapt-pipeline ({trigger})"):
         results = {name: run_domain(name, root, force, stale=stale) for name in selected}
     status_file = write_run_status(Path(root), results)

@@ -23,7 +23,7 @@ from tiny_project import make_project
 
 pytestmark = pytest.mark.cluster
 DOMAINS = ["reviews", "news", "reviews_k4", "news_k4"]
-UPSTREAM = ("ingest", "validate", "episodes", "meta_train")
+UPSTREAM = ("ingest", "validate", "tune_encoder", "episodes", "meta_train")
 BIN = Path(sys.executable).parent
 
 

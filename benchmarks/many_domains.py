@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 DOMAIN_SETS = {  # data set -> files (all splits together), shuffled and cut into disjoint 1,200-row shards
     "mr_sentence_polarity": ["all.csv"], "subj": ["all.csv"], "womens_clothing_reviews_recommend": ["all.csv"],
     "pros_cons": ["all.csv"], "twitter_financial_news_sentiment": ["train.csv", "validation.csv"],
-    "ag_news": ["test.csv"]}
+    "ag_news": ["test.csv"], "banking77": ["train.csv", "test.csv"], "snips": ["train.csv", "test.csv"],
+    "amazon_counterfactual_en": ["train.csv", "validation.csv", "test.csv"],
+    "financial_phrasebank": ["all.csv"], "customer_reviews_cr": ["all.csv"]}   # 120 shards in all
 ADAPT_ROWS, EVAL_ROWS = 200, 1000
 SOURCE_GROUPS, SOURCE_INTENTS = 10, 15
-STAGES = ("ingest", "validate", "episodes", "meta_train", "adapt", "evaluate", "register", "drift")
 
 
 def write_sources(mirror: Path, folder: Path) -> None:
@@ -53,17 +54,20 @@ def write_sources(mirror: Path, folder: Path) -> None:
 
 
 def write_domains(mirror: Path, folder: Path, count: int, seed: int = 0) -> list[str]:
-    """`count` domain folders (adapt.csv, eval.csv), round-robin over DOMAIN_SETS, disjoint shards per set."""
-    shuffled = {name: pd.concat([pd.read_csv(mirror / name / f) for f in files], ignore_index=True)
+    """`count` domain folders (adapt.csv, eval.csv): round-robin over DOMAIN_SETS, disjoint shards per set, a set
+    skipped once its rows run out."""
+    shuffled = {name: pd.concat([pd.read_csv(mirror / name / f) for f in files if (mirror / name / f).is_file()],
+                                ignore_index=True)
                 .drop_duplicates("text").sample(frac=1.0, random_state=seed).reset_index(drop=True)
                 for name, files in DOMAIN_SETS.items()}
+    size = ADAPT_ROWS + EVAL_ROWS
+    shards = [(name, shard) for shard in range(max(len(t) for t in shuffled.values()) // size)
+              for name, table in shuffled.items() if (shard + 1) * size <= len(table)]
+    if count > len(shards):
+        raise SystemExit(f"the mirror holds {len(shards)} disjoint {size}-row shards: ask for fewer domains")
     names = []
-    for i in range(count):
-        dataset = list(DOMAIN_SETS)[i % len(DOMAIN_SETS)]
-        shard = i // len(DOMAIN_SETS)
-        rows = shuffled[dataset].iloc[shard * (ADAPT_ROWS + EVAL_ROWS):(shard + 1) * (ADAPT_ROWS + EVAL_ROWS)]
-        if len(rows) < ADAPT_ROWS + EVAL_ROWS:
-            raise SystemExit(f"{dataset} has no shard {shard} left: ask for fewer domains")
+    for dataset, shard in shards[:count]:
+        rows = shuffled[dataset].iloc[shard * size:(shard + 1) * size]
         target = folder / f"{dataset[:12]}_{shard:02d}"
         target.mkdir(parents=True, exist_ok=True)
         rows.iloc[:ADAPT_ROWS].to_csv(target / "adapt.csv", index=False)
@@ -110,9 +114,13 @@ def make_project(root: Path, components: Path, n_domains: int, mirror: Path, dvc
     return names
 
 
-def worker(root: Path, dvc_commit: bool) -> None:
-    """Every stage of every domain in this process (the project's own components/), timings as JSON lines."""
+def worker(root: Path, commit: str) -> None:
+    """Every stage of every domain in this process (the project's own components/), timings as JSON lines.
+
+    `commit`: "batched" records each stage as `metaadapt run` does now (flows.dvc_stages, the lock read and
+    written once per call), "dvc" with DVC's own `Repo.commit` per stage (how it did before), "none" skips it."""
     sys.path.insert(0, str(root))
+    sys.path.insert(1, str(REPO))     # flows/ of this checkout (the project copy holds only components/)
     import logging
 
     from components import stages
@@ -133,13 +141,13 @@ def worker(root: Path, dvc_commit: bool) -> None:
     print(json.dumps({"dvc_status_seconds": status, "declared": len(params.domains)}), flush=True)
     for index, domain in enumerate(params.domains):
         seconds, encode_before = {}, encoding["seconds"]
-        for stage in STAGES:
+        for stage in stages.DOMAIN_STAGES:   # the code version's own stage list, in order
             t0 = time.perf_counter()
             stages.DOMAIN_STAGES[stage](params, domain, root)
             seconds[stage] = time.perf_counter() - t0
-            if dvc_commit:
+            if commit != "none":
                 t0 = time.perf_counter()
-                _commit(root, f"{stage}@{domain}")
+                _commit(root, f"{stage}@{domain}", commit)
                 seconds["dvc_commit"] = seconds.get("dvc_commit", 0.0) + time.perf_counter() - t0
         print(json.dumps({"index": index, "domain": domain, "seconds": {k: round(v, 2) for k, v in seconds.items()},
                           "total": round(sum(seconds.values()), 2),
@@ -182,7 +190,12 @@ def encode_probe(params, root: Path, rows: int = 300) -> float:
     return round(rows / (time.perf_counter() - t0), 1)
 
 
-def _commit(root: Path, target: str) -> None:
+def _commit(root: Path, target: str, how: str) -> None:
+    if how == "batched":
+        from flows import dvc_stages
+
+        dvc_stages.commit(root, [target])
+        return
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
@@ -261,7 +274,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     root = args.workdir / args.label
     make_project(root, args.components, args.domains, mirror, args.dvc_yaml, args.explicit)
     env = {**os.environ, "PYTHONPATH": str(root), "METAADAPT_DATA_MIRROR": str(mirror)}
-    command = [sys.executable, __file__, "--worker", str(root)] + (["--no-dvc"] if args.no_dvc else [])
+    command = [sys.executable, __file__, "--worker", str(root), "--commit", args.commit]
     lines = []
     with subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True) as process:
         for raw in process.stdout:
@@ -284,13 +297,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/metaadapt-many-domains"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "many_domains")
     parser.add_argument("--label", default="shared-store")
-    parser.add_argument("--no-dvc", action="store_true", help="skip the per-stage dvc commit")
+    parser.add_argument("--commit", choices=("batched", "dvc", "none"), default="batched",
+                        help="how each stage is recorded in dvc.lock: flows.dvc_stages (as metaadapt run), "
+                             "DVC's Repo.commit per stage (before), or not at all")
     parser.add_argument("--from-log", type=Path, help="summarise the JSON lines of an earlier (or stopped) run")
     parser.add_argument("--plot", type=Path, nargs="+", help="result JSONs to draw as curves (out/curve.png)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, not args.no_dvc)
+        worker(args.worker, args.commit)
         return
     if args.plot:
         plot_curves(args.plot, args.out / "curve.png")
@@ -300,7 +315,8 @@ def main() -> None:
     result = {"label": args.label, "domains": len([line for line in lines if "domain" in line]),
               "wall_seconds": round(time.perf_counter() - started, 1) if not args.from_log else None,
               "machine": "2-core AMD EPYC VM, no GPU (shared with other jobs)", "eval_rows": EVAL_ROWS,
-              "adapt_rows": ADAPT_ROWS, "sources": SOURCE_GROUPS, "dvc_commit": not args.no_dvc,
+              "adapt_rows": ADAPT_ROWS, "sources": SOURCE_GROUPS, "commit": args.commit,
+              "load_average_end": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **summarise(lines, args.points)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.label}.json").write_text(json.dumps(result, indent=2))

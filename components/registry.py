@@ -365,12 +365,9 @@ def _git_tags(root: Path) -> dict[str, str]:
 
 def _dvc_data_tags(root: Path, domain: str) -> dict[str, str]:
     """`dvc.data.<file>` = md5 of each output of the domain's ingest stage, read from dvc.lock."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    import yaml
+    from components.lockfile import read_lock
 
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = read_lock(root).get("stages", {})   # the lock grows with the domains: read it in C when it is JSON
     outs = stages.get(f"ingest@{domain}", {}).get("outs", [])
     return {f"dvc.data.{Path(o['path']).name}": str(o.get("md5")) for o in outs if "path" in o}
 

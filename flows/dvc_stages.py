@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from components.lockfile import LOCK_FILE, read_lock
 from flows.locks import dvc_lock
 
 _CWD_LOCK = threading.Lock()
-LOCK_FILE = "dvc.lock"
 
 
 @contextmanager
@@ -45,21 +45,6 @@ def dvc_repo(root: Path) -> Iterator:
                 yield repo
         finally:
             os.chdir(before)
-
-
-def read_lock(root: Path) -> dict:
-    """dvc.lock as plain data: JSON as written here, else YAML as DVC writes it, read by DVC's own YAML 1.2
-    parser (PyYAML's 1.1 rules would read a parameter like `2e-05` as a string: a false "params changed")."""
-    from dvc.utils.serialize import parse_yaml
-
-    path = Path(root) / LOCK_FILE
-    if not path.is_file():
-        return {}
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text) or {}
-    except ValueError:
-        return parse_yaml(text, str(path)) or {}
 
 
 def _stages(repo, root: Path, lock: dict):

@@ -318,11 +318,11 @@ def main() -> None:
     if args.plot:
         plot_curves(args.plot, args.out / "curve.png")
         return
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()
     lines = read_log(args.from_log) if args.from_log else run(args)
     result = {"label": args.label, "domains": len([line for line in lines if "domain" in line]),
               "wall_seconds": round(time.perf_counter() - started, 1) if not args.from_log else None,
-              "machine": "2-core AMD EPYC VM, no GPU (shared with other jobs)", "eval_rows": EVAL_ROWS,
+              "machine": "2-core AMD EPYC VM, no GPU", "load_average_start": load_at_start, "eval_rows": EVAL_ROWS,
               "adapt_rows": ADAPT_ROWS, "sources": SOURCE_GROUPS, "commit": args.commit,
               "load_average_end": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **summarise(lines, args.points)}

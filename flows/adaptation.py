@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from components.batches import mark_adapted, merged_hashes, pending_batches
 from components.config import PROJECT_ROOT, load_params
+from components.domains import write_expanded
 from components.registry import tracking_uri
 from components.run_context import triggered_by
 from components.safety import redact_uri
@@ -87,6 +88,7 @@ def adapt_domain(domain: str, root: str = str(PROJECT_ROOT), reason: str = "manu
         batches = [record.sha256 for record in pending_batches(project, domain)]
         started = _now()
         detail = f"{reason}; pending batches: {', '.join(sha[:16] for sha in batches) or 'none'}"
+        write_expanded(project, params)   # DVC reads each domain's params from it: an edited entry must show
         with triggered_by(trigger, detail):
             result = run_domain(domain, root, force)  # in this process: one import of torch/MLflow/GE per run
         finished = _now()

@@ -71,10 +71,8 @@ def stale_targets(root: Path, domains: list[str]) -> set[str]:
 def run_domain(domain: str, root: str, force: bool, stale: set[str] | None = None) -> dict:
     """All stages of one domain in order, in this process (one import of the heavy libraries); stops at the first
     failure and reports it. A stage runs when it was stale before the run (`stale`, from one status of the
-    domain's stages) or, after an upstream stage of this domain changed its outputs, when DVC now finds it stale."""
-    from components.domains import write_expanded
-
-    write_expanded(Path(root))   # DVC reads each domain's params from it: an edited domains.<d> entry must show
+    domain's stages) or, after an upstream stage of this domain changed its outputs, when DVC now finds it stale.
+    The caller refreshes domains.expanded.yaml first (once per run, not once per domain)."""
     if stale is None and not force:
         stale = stale_targets(Path(root), [domain])
     timings: dict[str, float] = {}
